@@ -1,0 +1,50 @@
+# Keybrake. `make dev` runs it locally; `make test` runs every check CI runs.
+# Both install what they need: nothing is assumed to be installed by hand.
+
+SHELL := /bin/bash
+CARGO_BIN := $(HOME)/.cargo/bin
+WORKER_BUILD_VERSION := 0.8.7
+# Must equal the wasm-bindgen pinned in Cargo.toml.
+WASM_BINDGEN_VERSION := 0.2.130
+
+export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+# worker-build would download wasm-bindgen from GitHub; use the one installed from crates.io.
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export WRANGLER_SEND_METRICS := false
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+
+.PHONY: all tools build lint unit e2e test dev clean
+
+all: build
+
+tools:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@worker-build --version 2>/dev/null | grep -qx '$(WORKER_BUILD_VERSION)' \
+		|| cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked
+	@wasm-bindgen --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$' \
+		|| cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	@[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
+
+build: tools
+	worker-build --release
+
+lint: tools
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target wasm32-unknown-unknown -- -D warnings
+
+unit:
+	cargo test
+
+e2e: build
+	node --test --test-concurrency=1 tests/e2e/
+
+test: lint unit e2e
+
+dev: build
+	./scripts/dev.sh
+
+clean:
+	rm -rf build target node_modules .wrangler

@@ -1,0 +1,75 @@
+//! The messages between the Worker and a key's Durable Object. One typed enum each way, sent
+//! as JSON over the stub's `fetch`.
+
+use crate::core::audit::Outcome;
+use crate::core::error::ProxyError;
+use crate::core::keys::{KeyConfig, KeyState};
+use crate::core::money::Micros;
+use crate::core::token::SecretHash;
+use crate::core::vendor::Vendor;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LedgerCall {
+    /// Store a newly issued key. Refused if the object already holds one.
+    Create {
+        config: KeyConfig,
+        secret_hash: SecretHash,
+    },
+    /// Authenticate and run every check; on success hold `price` against the cap.
+    Reserve(ReserveCall),
+    /// Report how a reserved call ended.
+    Finish(FinishCall),
+    Status,
+    Revoke,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReserveCall {
+    pub vendor: Vendor,
+    pub secret_hash: SecretHash,
+    pub method: String,
+    pub path: String,
+    /// The Worker prices the request (it has the body); the ledger applies the result in the
+    /// contract's order, after the revocation, expiry and allowlist checks.
+    pub price: Result<Micros, ProxyError>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FinishCall {
+    pub reservation_id: u64,
+    pub result: CallResult,
+    pub status: Option<u16>,
+    pub vendor_object_id: Option<String>,
+    pub latency_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CallResult {
+    Settled { cost: Micros },
+    Released,
+    Unknown,
+}
+
+impl CallResult {
+    pub fn outcome(self) -> Outcome {
+        match self {
+            CallResult::Settled { .. } => Outcome::Settled,
+            CallResult::Released => Outcome::Released,
+            CallResult::Unknown => Outcome::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum LedgerReply {
+    Reserved { reservation_id: u64, remaining: Micros },
+    Denied { error: ProxyError },
+    Finished { remaining: Micros },
+    State { state: KeyState },
+    NotFound,
+}

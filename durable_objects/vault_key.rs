@@ -1,0 +1,346 @@
+//! The `VaultKey` Durable Object class: a thin wrapper that keeps a [`Ledger`] in SQLite
+//! storage, answers [`LedgerCall`]s, and copies the audit outbox to D1 from its alarm.
+
+use crate::core::audit::AuditRow;
+use crate::core::keys::{KeyConfig, KeyState};
+use crate::core::money::Micros;
+use crate::core::token::SecretHash;
+use crate::durable_objects::ledger::{KeyRecord, Ledger, LedgerStore, Reservation};
+use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
+use serde::Deserialize;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+use wasm_bindgen::JsValue;
+use worker::{
+    console_error, durable_object, Date, Delay, DurableObject, Env, Request, Response, Result, SqlStorage,
+    SqlStorageValue, State,
+};
+
+/// How long audit rows wait in the outbox before a flush, so a burst goes to D1 in a few batches.
+const FLUSH_DELAY_MS: i64 = 100;
+const FLUSH_BATCH: usize = 100;
+const MAX_FLUSH_BACKOFF_MS: i64 = 60_000;
+/// How long a revoke waits for calls admitted before it to finish their vendor call.
+const REVOKE_DRAIN_MS: u64 = 35_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS key_record (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  config TEXT NOT NULL, secret_hash TEXT NOT NULL,
+  revoked_at_ms INTEGER, day INTEGER NOT NULL, spent INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reservations (
+  id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, day INTEGER NOT NULL, method TEXT NOT NULL,
+  path TEXT NOT NULL, started_ms INTEGER NOT NULL, idempotency_key TEXT, unknown INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row TEXT NOT NULL);
+";
+
+#[durable_object]
+pub struct VaultKey {
+    state: State,
+    env: Env,
+    /// `None` until loaded from storage; stays `None` for an object that holds no key.
+    ledger: RefCell<Option<Ledger>>,
+    loaded: Cell<bool>,
+    flush_scheduled: Cell<bool>,
+    flush_failures: Cell<u32>,
+}
+
+impl DurableObject for VaultKey {
+    fn new(state: State, env: Env) -> Self {
+        VaultKey {
+            state,
+            env,
+            ledger: RefCell::new(None),
+            loaded: Cell::new(false),
+            flush_scheduled: Cell::new(false),
+            flush_failures: Cell::new(0),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let call: LedgerCall = req.json().await?;
+        let revoking = matches!(call, LedgerCall::Revoke);
+        // Everything from here to the reply is synchronous: no other call can interleave.
+        let (reply, audited) = self.handle(call)?;
+        if audited {
+            self.schedule_flush().await?;
+        }
+        if revoking && matches!(reply, LedgerReply::State { .. }) {
+            self.drain_in_flight().await;
+        }
+        Response::from_json(&reply)
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.flush_scheduled.set(false);
+        match self.flush_outbox().await {
+            Ok(()) => self.flush_failures.set(0),
+            Err(e) => {
+                let failures = self.flush_failures.get().saturating_add(1);
+                self.flush_failures.set(failures);
+                console_error!("audit flush to D1 failed (attempt {failures}), rows kept in outbox: {e}");
+                let backoff = (1_000i64 << failures.min(6)).min(MAX_FLUSH_BACKOFF_MS);
+                self.state.storage().set_alarm(backoff).await?;
+                self.flush_scheduled.set(true);
+            }
+        }
+        Response::ok("")
+    }
+}
+
+impl VaultKey {
+    fn store(&self) -> SqlStore {
+        SqlStore { sql: self.state.storage().sql(), appended: Cell::new(false) }
+    }
+
+    /// Answers one call and says whether it wrote audit rows to the outbox.
+    fn handle(&self, call: LedgerCall) -> Result<(LedgerReply, bool)> {
+        let store = self.store();
+        let reply = self.apply(&store, call)?;
+        Ok((reply, store.appended.get()))
+    }
+
+    fn apply(&self, store: &SqlStore, call: LedgerCall) -> Result<LedgerReply> {
+        let now = Date::now().as_millis();
+        let mut slot = self.ledger.borrow_mut();
+        if !self.loaded.get() {
+            store.sql.exec(SCHEMA, None)?;
+            *slot = store.load()?;
+            self.loaded.set(true);
+        }
+        if let LedgerCall::Create { config, secret_hash } = call {
+            if slot.is_some() {
+                return Err("vault key object already holds a key".into());
+            }
+            let mut ledger = Ledger::create(store, config, secret_hash)?;
+            let state = ledger_state(&mut ledger, now, store)?;
+            *slot = Some(ledger);
+            return Ok(LedgerReply::State { state });
+        }
+        let Some(ledger) = slot.as_mut() else {
+            return Ok(LedgerReply::NotFound);
+        };
+        Ok(match call {
+            LedgerCall::Create { .. } => unreachable!("handled above"),
+            LedgerCall::Reserve(reserve) => match ledger.reserve(store, now, reserve)? {
+                Ok(r) => LedgerReply::Reserved { reservation_id: r.id, remaining: ledger.remaining() },
+                Err(error) => LedgerReply::Denied { error },
+            },
+            LedgerCall::Finish(finish) => {
+                ledger.finish(store, now, finish)?;
+                LedgerReply::Finished { remaining: ledger.remaining() }
+            }
+            LedgerCall::Status => LedgerReply::State { state: ledger_state(ledger, now, store)? },
+            LedgerCall::Revoke => {
+                ledger.revoke(store, now)?;
+                LedgerReply::State { state: ledger_state(ledger, now, store)? }
+            }
+        })
+    }
+
+    /// After a revoke, waits until every call admitted before it has finished its vendor call,
+    /// so that once the revoke has been answered nothing more reaches the vendor on this key.
+    async fn drain_in_flight(&self) {
+        let started = Date::now().as_millis();
+        while self.ledger.borrow().as_ref().is_some_and(|l| l.in_flight() > 0) {
+            if Date::now().as_millis() - started > REVOKE_DRAIN_MS {
+                console_error!("revoke: calls still in flight after {REVOKE_DRAIN_MS} ms");
+                return;
+            }
+            Delay::from(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn schedule_flush(&self) -> Result<()> {
+        if self.flush_scheduled.get() {
+            return Ok(());
+        }
+        self.flush_scheduled.set(true);
+        self.state.storage().set_alarm(FLUSH_DELAY_MS).await
+    }
+
+    /// Copies outbox rows to D1, oldest first. `INSERT OR IGNORE` on the row id makes a
+    /// repeated copy harmless; rows leave the outbox only after D1 has them.
+    async fn flush_outbox(&self) -> Result<()> {
+        let db = self.env.d1("DB")?;
+        loop {
+            let rows = self.store().outbox_batch(FLUSH_BATCH)?;
+            let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+                return Ok(());
+            };
+            let statements = rows
+                .iter()
+                .map(|(_, row)| {
+                    db.prepare(
+                        "INSERT OR IGNORE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, status, \
+                         decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, latency_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    )
+                    .bind(&audit_values(row))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            db.batch(statements).await?;
+            self.store().sql.exec("DELETE FROM audit_outbox WHERE seq <= ?", vec![SqlStorageValue::Integer(last)])?;
+        }
+    }
+}
+
+fn ledger_state(ledger: &mut Ledger, now: u64, store: &SqlStore) -> Result<KeyState> {
+    Ok(ledger.state(now, store.outbox_len()?))
+}
+
+fn audit_values(row: &AuditRow) -> Vec<JsValue> {
+    let opt_str = |s: &Option<String>| s.as_deref().map_or(JsValue::NULL, JsValue::from);
+    let num = |n: u64| JsValue::from(n as f64);
+    vec![
+        JsValue::from(row.id.as_str()),
+        num(row.ts_ms),
+        JsValue::from(row.key_id.as_str()),
+        opt_str(&row.agent_run_label),
+        JsValue::from(row.vendor.as_str()),
+        JsValue::from(row.method.as_str()),
+        JsValue::from(row.path.as_str()),
+        row.status.map_or(JsValue::NULL, |s| num(u64::from(s))),
+        JsValue::from(row.decision.as_str()),
+        num(row.reserved_micros),
+        num(row.cost_micros),
+        serde_json::to_value(row.outcome).ok().and_then(|v| v.as_str().map(JsValue::from)).unwrap_or(JsValue::NULL),
+        opt_str(&row.vendor_object_id),
+        opt_str(&row.idempotency_key),
+        row.latency_ms.map_or(JsValue::NULL, num),
+    ]
+}
+
+/// [`LedgerStore`] on the object's SQLite storage. `exec` is synchronous, so the writes of one
+/// ledger step commit together.
+struct SqlStore {
+    sql: SqlStorage,
+    appended: Cell<bool>,
+}
+
+fn int(n: u64) -> SqlStorageValue {
+    // Every stored integer (micro-dollars, ms timestamps, counters) is far below 2^53.
+    SqlStorageValue::Integer(n as i64)
+}
+
+impl LedgerStore for SqlStore {
+    type Error = worker::Error;
+
+    fn put_key(&self, key: &KeyRecord) -> Result<()> {
+        let config = serde_json::to_string(&key.config)?;
+        self.sql.exec(
+            "INSERT INTO key_record (id, config, secret_hash, revoked_at_ms, day, spent, seq) VALUES (1, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET revoked_at_ms = excluded.revoked_at_ms, day = excluded.day, \
+             spent = excluded.spent, seq = excluded.seq",
+            vec![
+                config.into(),
+                key.secret_hash.0.clone().into(),
+                key.revoked_at_ms.map(|t| t as i64).into(),
+                int(key.day),
+                int(key.spent.0),
+                int(key.seq),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn put_reservation(&self, r: &Reservation) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO reservations (id, amount, day, method, path, started_ms, idempotency_key, unknown) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                int(r.id),
+                int(r.amount.0),
+                int(r.day),
+                r.method.clone().into(),
+                r.path.clone().into(),
+                int(r.started_ms),
+                r.idempotency_key.clone().into(),
+                int(u64::from(r.unknown)),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_reservation(&self, id: u64) -> Result<()> {
+        self.sql.exec("DELETE FROM reservations WHERE id = ?", vec![int(id)])?;
+        Ok(())
+    }
+
+    fn append_audit(&self, row: &AuditRow) -> Result<()> {
+        self.sql.exec("INSERT INTO audit_outbox (row) VALUES (?)", vec![serde_json::to_string(row)?.into()])?;
+        self.appended.set(true);
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    fn load(&self) -> Result<Option<Ledger>> {
+        #[derive(Deserialize)]
+        struct KeyRow {
+            config: String,
+            secret_hash: String,
+            revoked_at_ms: Option<u64>,
+            day: u64,
+            spent: u64,
+            seq: u64,
+        }
+        #[derive(Deserialize)]
+        struct ReservationRow {
+            id: u64,
+            amount: u64,
+            day: u64,
+            method: String,
+            path: String,
+            started_ms: u64,
+            idempotency_key: Option<String>,
+            unknown: u8,
+        }
+        let keys: Vec<KeyRow> = self.sql.exec("SELECT * FROM key_record", None)?.to_array()?;
+        let Some(k) = keys.into_iter().next() else {
+            return Ok(None);
+        };
+        let config: KeyConfig = serde_json::from_str(&k.config)?;
+        let key = KeyRecord {
+            config,
+            secret_hash: SecretHash(k.secret_hash),
+            revoked_at_ms: k.revoked_at_ms,
+            day: k.day,
+            spent: Micros(k.spent),
+            seq: k.seq,
+        };
+        let rows: Vec<ReservationRow> = self.sql.exec("SELECT * FROM reservations", None)?.to_array()?;
+        let open = rows.into_iter().map(|r| Reservation {
+            id: r.id,
+            amount: Micros(r.amount),
+            day: r.day,
+            method: r.method,
+            path: r.path,
+            started_ms: r.started_ms,
+            idempotency_key: r.idempotency_key,
+            unknown: r.unknown != 0,
+        });
+        Ok(Some(Ledger::load(key, open)))
+    }
+
+    fn outbox_len(&self) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Count {
+            n: u64,
+        }
+        Ok(self.sql.exec("SELECT COUNT(*) AS n FROM audit_outbox", None)?.one::<Count>()?.n)
+    }
+
+    fn outbox_batch(&self, limit: usize) -> Result<Vec<(i64, AuditRow)>> {
+        #[derive(Deserialize)]
+        struct OutboxRow {
+            seq: i64,
+            row: String,
+        }
+        let rows: Vec<OutboxRow> = self
+            .sql
+            .exec("SELECT seq, row FROM audit_outbox ORDER BY seq LIMIT ?", vec![int(limit as u64)])?
+            .to_array()?;
+        rows.into_iter().map(|r| Ok((r.seq, serde_json::from_str(&r.row)?))).collect()
+    }
+}

@@ -1,0 +1,133 @@
+//! Every error Keybrake itself answers with. Each maps to one status and one public `type`;
+//! messages are written for the caller and never carry secrets or internal detail.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "detail", rename_all = "snake_case")]
+pub enum ProxyError {
+    /// Admin call without the right `KEYBRAKE_API_KEY`.
+    Unauthorized,
+    /// Missing, malformed, forged or unknown vault key.
+    InvalidKey,
+    KeyRevoked,
+    KeyExpired,
+    EndpointNotAllowed,
+    /// The call could move money but its price cannot be read from the request.
+    CostUnknown(String),
+    CurrencyNotAllowed,
+    PerCallLimit,
+    CapExhausted {
+        retry_after_secs: u64,
+    },
+    InvalidRequest(String),
+    NotFound,
+    MethodNotAllowed,
+    Conflict(String),
+    VendorUnreachable,
+    /// Something on our side failed. The detail goes to the log, never to the caller.
+    Internal,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::InvalidRequest(_) => 400,
+            ProxyError::Unauthorized | ProxyError::InvalidKey | ProxyError::KeyRevoked | ProxyError::KeyExpired => 401,
+            ProxyError::EndpointNotAllowed | ProxyError::PerCallLimit => 403,
+            ProxyError::NotFound => 404,
+            ProxyError::MethodNotAllowed => 405,
+            ProxyError::Conflict(_) => 409,
+            ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
+            ProxyError::CapExhausted { .. } => 429,
+            ProxyError::Internal => 500,
+            ProxyError::VendorUnreachable => 502,
+        }
+    }
+
+    /// The public `error.type`, also sent as `X-Keybrake-Error` and used as the audit `decision`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::InvalidKey => "invalid_key",
+            ProxyError::KeyRevoked => "key_revoked",
+            ProxyError::KeyExpired => "key_expired",
+            ProxyError::EndpointNotAllowed => "endpoint_not_allowed",
+            ProxyError::CostUnknown(_) => "cost_unknown",
+            ProxyError::CurrencyNotAllowed => "currency_not_allowed",
+            ProxyError::PerCallLimit => "per_call_limit",
+            ProxyError::CapExhausted { .. } => "cap_exhausted",
+            ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::NotFound => "not_found",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::Conflict(_) => "conflict",
+            ProxyError::VendorUnreachable => "vendor_unreachable",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::Unauthorized => "Send the admin key as 'Authorization: Bearer <KEYBRAKE_API_KEY>'.".into(),
+            ProxyError::InvalidKey => "The vault key is missing, malformed or unknown.".into(),
+            ProxyError::KeyRevoked => "This vault key has been revoked.".into(),
+            ProxyError::KeyExpired => "This vault key has expired.".into(),
+            ProxyError::EndpointNotAllowed => "This vault key is not allowed to call this endpoint.".into(),
+            ProxyError::CostUnknown(why) => format!("Keybrake cannot price this call, so it was not sent: {why}."),
+            ProxyError::CurrencyNotAllowed => "Vault keys are capped in USD; only currency=usd is accepted.".into(),
+            ProxyError::PerCallLimit => "This call costs more than the key's max_usd_per_call.".into(),
+            ProxyError::CapExhausted { .. } => {
+                "This call would exceed the vault key's daily USD cap; it was not sent.".into()
+            }
+            ProxyError::InvalidRequest(why) => why.clone(),
+            ProxyError::NotFound => "Not found.".into(),
+            ProxyError::MethodNotAllowed => "Method not allowed on this route.".into(),
+            ProxyError::Conflict(why) => why.clone(),
+            ProxyError::VendorUnreachable => {
+                "The vendor could not be reached; the call may or may not have taken effect.".into()
+            }
+            ProxyError::Internal => "Internal error.".into(),
+        }
+    }
+
+    /// The JSON body, in Stripe's error shape so the official SDKs surface it.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"type": self.kind(), "message": self.message()}}).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_types_follow_the_contract() {
+        let cases = [
+            (ProxyError::Unauthorized, 401, "unauthorized"),
+            (ProxyError::InvalidKey, 401, "invalid_key"),
+            (ProxyError::KeyRevoked, 401, "key_revoked"),
+            (ProxyError::KeyExpired, 401, "key_expired"),
+            (ProxyError::EndpointNotAllowed, 403, "endpoint_not_allowed"),
+            (ProxyError::CostUnknown("x".into()), 422, "cost_unknown"),
+            (ProxyError::CurrencyNotAllowed, 422, "currency_not_allowed"),
+            (ProxyError::PerCallLimit, 403, "per_call_limit"),
+            (ProxyError::CapExhausted { retry_after_secs: 5 }, 429, "cap_exhausted"),
+            (ProxyError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ProxyError::NotFound, 404, "not_found"),
+            (ProxyError::VendorUnreachable, 502, "vendor_unreachable"),
+        ];
+        for (e, status, kind) in cases {
+            assert_eq!((e.status(), e.kind()), (status, kind));
+            let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+            assert_eq!(body["error"]["type"], kind);
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let e = ProxyError::CapExhausted { retry_after_secs: 42 };
+        let back: ProxyError = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,336 @@
+//! Vault keys as the admin API sees them: the issue request, its validation, and the public
+//! JSON views of a key.
+
+use crate::core::allowlist::{parse_endpoint, MAX_ENDPOINTS};
+use crate::core::clock::{parse_ttl, rfc3339, DEFAULT_TTL_SECS, MS_PER_SEC};
+use crate::core::error::ProxyError;
+use crate::core::money::{usd, usd_opt, Micros};
+use crate::core::vendor::Vendor;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+pub const MAX_LABEL_CHARS: usize = 256;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything fixed about a key when it is issued. Held by its Durable Object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyConfig {
+    pub key_id: String,
+    pub vendor: Vendor,
+    pub daily_cap: Micros,
+    pub max_per_call: Option<Micros>,
+    pub allowed_endpoints: Vec<String>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub agent_run_label: Option<String>,
+}
+
+/// A validated `POST /vault/keys` body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewKey {
+    pub vendor: Vendor,
+    pub daily_cap: Micros,
+    pub max_per_call: Option<Micros>,
+    pub allowed_endpoints: Vec<String>,
+    pub ttl_secs: u64,
+    pub agent_run_label: Option<String>,
+}
+
+impl NewKey {
+    pub fn into_config(self, key_id: String, now_ms: u64) -> KeyConfig {
+        KeyConfig {
+            key_id,
+            vendor: self.vendor,
+            daily_cap: self.daily_cap,
+            max_per_call: self.max_per_call,
+            allowed_endpoints: self.allowed_endpoints,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms + self.ttl_secs * MS_PER_SEC,
+            agent_run_label: self.agent_run_label,
+        }
+    }
+}
+
+const FIELDS: [&str; 6] =
+    ["vendor", "daily_usd_cap", "max_usd_per_call", "allowed_endpoints", "expires_in", "agent_run_label"];
+
+/// Parses and validates a key request. Every refusal names the field at fault.
+pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
+    let bad = |msg: String| ProxyError::InvalidRequest(msg);
+    if body.len() > MAX_BODY_BYTES {
+        return Err(bad(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+    }
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(bad(format!("unknown field {unknown:?}; fields are {}", FIELDS.join(", "))));
+    }
+    let field = |name: &str| fields.get(name).copied().filter(|raw| raw.get() != "null");
+
+    let vendor_names: Vec<&str> = Vendor::ALL.iter().map(|v| v.name()).collect();
+    let vendor = field("vendor")
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .and_then(|name| Vendor::from_name(&name))
+        .ok_or_else(|| bad(format!("vendor is required and must be one of: {}", vendor_names.join(", "))))?;
+
+    let daily_cap = field("daily_usd_cap")
+        .ok_or_else(|| bad("daily_usd_cap is required".into()))
+        .and_then(|raw| Micros::parse_usd(raw.get()).map_err(|e| bad(format!("daily_usd_cap {e}"))))?;
+
+    let max_per_call = field("max_usd_per_call")
+        .map(|raw| Micros::parse_usd(raw.get()).map_err(|e| bad(format!("max_usd_per_call {e}"))))
+        .transpose()?;
+
+    let allowed_endpoints: Vec<String> = field("allowed_endpoints")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| bad("allowed_endpoints is required: a list like [\"POST /v1/payment_intents\"]".into()))?;
+    if allowed_endpoints.is_empty() || allowed_endpoints.len() > MAX_ENDPOINTS {
+        return Err(bad(format!("allowed_endpoints must hold 1 to {MAX_ENDPOINTS} entries")));
+    }
+    for entry in &allowed_endpoints {
+        parse_endpoint(entry).map_err(|e| bad(format!("allowed_endpoints: {e}")))?;
+    }
+
+    let ttl_secs = match field("expires_in") {
+        None => DEFAULT_TTL_SECS,
+        Some(raw) => {
+            let value: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|_| bad("expires_in is not valid JSON".into()))?;
+            parse_ttl(&value).map_err(|e| bad(format!("expires_in {e}")))?
+        }
+    };
+
+    let agent_run_label = match field("agent_run_label") {
+        None => None,
+        Some(raw) => {
+            let label: String =
+                serde_json::from_str(raw.get()).map_err(|_| bad("agent_run_label must be a string".into()))?;
+            if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "agent_run_label must be 1 to {MAX_LABEL_CHARS} characters without control characters"
+                )));
+            }
+            Some(label)
+        }
+    };
+
+    Ok(NewKey { vendor, daily_cap, max_per_call, allowed_endpoints, ttl_secs, agent_run_label })
+}
+
+/// A key's live state, as its Durable Object reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    pub config: KeyConfig,
+    pub revoked_at_ms: Option<u64>,
+    pub spent: Micros,
+    pub reserved: Micros,
+    pub audit_pending: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl KeyState {
+    pub fn status(&self, now_ms: u64) -> KeyStatus {
+        if self.revoked_at_ms.is_some() {
+            KeyStatus::Revoked
+        } else if now_ms >= self.config.expires_at_ms {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    pub fn remaining(&self) -> Micros {
+        self.config.daily_cap.saturating_sub(self.spent).saturating_sub(self.reserved)
+    }
+}
+
+/// `GET /vault/keys/{id}`.
+#[derive(Serialize)]
+pub struct KeyView<'a> {
+    pub key_id: &'a str,
+    pub vendor: Vendor,
+    pub status: KeyStatus,
+    #[serde(with = "usd")]
+    pub daily_usd_cap: Micros,
+    #[serde(with = "usd_opt")]
+    pub max_usd_per_call: Option<Micros>,
+    #[serde(with = "usd")]
+    pub spent_usd: Micros,
+    #[serde(with = "usd")]
+    pub reserved_usd: Micros,
+    #[serde(with = "usd")]
+    pub remaining_usd: Micros,
+    pub expires_at: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub agent_run_label: Option<&'a str>,
+    pub allowed_endpoints: &'a [String],
+    pub audit_pending: u64,
+}
+
+impl<'a> KeyView<'a> {
+    pub fn new(state: &'a KeyState, now_ms: u64) -> KeyView<'a> {
+        let c = &state.config;
+        KeyView {
+            key_id: &c.key_id,
+            vendor: c.vendor,
+            status: state.status(now_ms),
+            daily_usd_cap: c.daily_cap,
+            max_usd_per_call: c.max_per_call,
+            spent_usd: state.spent,
+            reserved_usd: state.reserved,
+            remaining_usd: state.remaining(),
+            expires_at: rfc3339(c.expires_at_ms),
+            created_at: rfc3339(c.created_at_ms),
+            revoked_at: state.revoked_at_ms.map(rfc3339),
+            agent_run_label: c.agent_run_label.as_deref(),
+            allowed_endpoints: &c.allowed_endpoints,
+            audit_pending: state.audit_pending,
+        }
+    }
+}
+
+/// The `201` answer to `POST /vault/keys`: the only place the vault key is ever shown.
+#[derive(Serialize)]
+pub struct IssuedKeyView<'a> {
+    pub key_id: &'a str,
+    pub vault_key: &'a str,
+    pub vendor: Vendor,
+    #[serde(with = "usd")]
+    pub daily_usd_cap: Micros,
+    #[serde(with = "usd_opt")]
+    pub max_usd_per_call: Option<Micros>,
+    pub allowed_endpoints: &'a [String],
+    pub expires_at: String,
+    pub agent_run_label: Option<&'a str>,
+}
+
+impl<'a> IssuedKeyView<'a> {
+    pub fn new(config: &'a KeyConfig, vault_key: &'a str) -> IssuedKeyView<'a> {
+        IssuedKeyView {
+            key_id: &config.key_id,
+            vault_key,
+            vendor: config.vendor,
+            daily_usd_cap: config.daily_cap,
+            max_usd_per_call: config.max_per_call,
+            allowed_endpoints: &config.allowed_endpoints,
+            expires_at: rfc3339(config.expires_at_ms),
+            agent_run_label: config.agent_run_label.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<NewKey, ProxyError> {
+        parse_new_key(json.as_bytes())
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let k = parse(
+            r#"{"vendor": "stripe", "daily_usd_cap": 300, "allowed_endpoints": ["POST /v1/payment_intents"],
+                "expires_in": "2h", "agent_run_label": "inngest/billing/subscription.process/01J"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            k,
+            NewKey {
+                vendor: Vendor::Stripe,
+                daily_cap: Micros(300_000_000),
+                max_per_call: None,
+                allowed_endpoints: vec!["POST /v1/payment_intents".into()],
+                ttl_secs: 7_200,
+                agent_run_label: Some("inngest/billing/subscription.process/01J".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_ttl_to_an_hour() {
+        let k = parse(r#"{"vendor":"stripe","daily_usd_cap":0.3,"max_usd_per_call":0.1,"allowed_endpoints":["GET /v1/charges/{id}"]}"#)
+            .unwrap();
+        assert_eq!((k.ttl_secs, k.max_per_call, k.daily_cap), (3_600, Some(Micros(100_000)), Micros(300_000)));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let base = r#""vendor":"stripe","daily_usd_cap":1,"allowed_endpoints":["POST /v1/charges"]"#;
+        let long_label = "x".repeat(257);
+        let cases = [
+            ("not json".to_string(), "JSON object"),
+            ("[]".into(), "JSON object"),
+            (r#"{"daily_usd_cap":1,"allowed_endpoints":["POST /v1/charges"]}"#.into(), "vendor"),
+            (r#"{"vendor":"paypal","daily_usd_cap":1,"allowed_endpoints":["POST /v1/charges"]}"#.into(), "vendor"),
+            (r#"{"vendor":"stripe","allowed_endpoints":["POST /v1/charges"]}"#.into(), "daily_usd_cap"),
+            (
+                r#"{"vendor":"stripe","daily_usd_cap":"300","allowed_endpoints":["POST /v1/charges"]}"#.into(),
+                "daily_usd_cap",
+            ),
+            (
+                r#"{"vendor":"stripe","daily_usd_cap":-1,"allowed_endpoints":["POST /v1/charges"]}"#.into(),
+                "daily_usd_cap",
+            ),
+            (
+                r#"{"vendor":"stripe","daily_usd_cap":1e3,"allowed_endpoints":["POST /v1/charges"]}"#.into(),
+                "daily_usd_cap",
+            ),
+            (r#"{"vendor":"stripe","daily_usd_cap":1}"#.into(), "allowed_endpoints"),
+            (r#"{"vendor":"stripe","daily_usd_cap":1,"allowed_endpoints":[]}"#.into(), "allowed_endpoints"),
+            (r#"{"vendor":"stripe","daily_usd_cap":1,"allowed_endpoints":["POST v1"]}"#.into(), "allowed_endpoints"),
+            (format!("{{{base},\"expires_in\":\"31d\"}}"), "expires_in"),
+            (format!("{{{base},\"max_usd_per_call\":\"x\"}}"), "max_usd_per_call"),
+            (format!("{{{base},\"agent_run_label\":\"{long_label}\"}}"), "agent_run_label"),
+            (format!("{{{base},\"agent_run_label\":7}}"), "agent_run_label"),
+            (format!("{{{base},\"daily_cap_usd\":7}}"), "daily_cap_usd"),
+        ];
+        for (body, field) in cases {
+            let err = parse(&body).unwrap_err();
+            assert_eq!(err.kind(), "invalid_request");
+            assert!(err.message().contains(field), "{body}: {} should name {field}", err.message());
+        }
+    }
+
+    #[test]
+    fn a_label_of_exactly_256_characters_is_accepted() {
+        let label = "é".repeat(256);
+        let body = format!(
+            r#"{{"vendor":"stripe","daily_usd_cap":1,"allowed_endpoints":["POST /v1/charges"],"agent_run_label":"{label}"}}"#
+        );
+        assert_eq!(parse(&body).unwrap().agent_run_label.as_deref(), Some(label.as_str()));
+    }
+
+    #[test]
+    fn key_status_and_remaining() {
+        let config =
+            parse(r#"{"vendor":"stripe","daily_usd_cap":10,"allowed_endpoints":["POST /v1/charges"],"expires_in":60}"#)
+                .unwrap()
+                .into_config("k".into(), 1_000);
+        let mut state =
+            KeyState { config, revoked_at_ms: None, spent: Micros(3), reserved: Micros(4), audit_pending: 0 };
+        assert_eq!(state.status(60_999), KeyStatus::Active);
+        assert_eq!(state.status(61_000), KeyStatus::Expired);
+        assert_eq!(state.remaining(), Micros(10_000_000 - 7));
+        state.revoked_at_ms = Some(2_000);
+        assert_eq!(state.status(2_000), KeyStatus::Revoked);
+        let view = serde_json::to_string(&KeyView::new(&state, 2_000)).unwrap();
+        for part in [
+            r#""status":"revoked""#,
+            r#""daily_usd_cap":10,"#,
+            r#""spent_usd":0.000003,"#,
+            r#""revoked_at":"1970-01-01T00:00:02.000Z""#,
+        ] {
+            assert!(view.contains(part), "{view} lacks {part}");
+        }
+    }
+}

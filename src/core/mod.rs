@@ -1,0 +1,13 @@
+//! The pure core: everything Keybrake decides, with no dependency on the Workers runtime.
+//! It never reads a clock or the network; the shell passes those in. Tested with `cargo test`.
+
+pub mod allowlist;
+pub mod audit;
+pub mod clock;
+pub mod cost;
+pub mod error;
+pub mod keys;
+pub mod money;
+pub mod routing;
+pub mod token;
+pub mod vendor;

@@ -1,0 +1,71 @@
+//! Request routing. `/vault/...` is the admin API and is never proxied; everything else is a
+//! vendor call, either `/{vendor}/<path>` or a bare `/<path>` for the vault key's own vendor
+//! (so an official SDK only needs its host, port and protocol pointed at Keybrake).
+
+use crate::core::vendor::Vendor;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    IssueKey,
+    GetKey(&'a str),
+    RevokeKey(&'a str),
+    Audit,
+    Proxy { vendor: Option<Vendor>, path: &'a str },
+    NotFound,
+    MethodNotAllowed,
+}
+
+pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
+    if path == "/vault" || path.starts_with("/vault/") {
+        return admin_route(method, &path["/vault".len()..]);
+    }
+    let first = path.get(1..).and_then(|p| p.split('/').next()).unwrap_or("");
+    match Vendor::from_name(first) {
+        Some(vendor) => Route::Proxy { vendor: Some(vendor), path: &path[1 + first.len()..] },
+        None => Route::Proxy { vendor: None, path },
+    }
+}
+
+fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        ("POST", ["keys"]) => Route::IssueKey,
+        (_, ["keys"]) => Route::MethodNotAllowed,
+        ("GET", ["keys", id]) => Route::GetKey(id),
+        ("DELETE", ["keys", id]) => Route::RevokeKey(id),
+        (_, ["keys", _]) => Route::MethodNotAllowed,
+        ("GET", ["audit"]) => Route::Audit,
+        (_, ["audit"]) => Route::MethodNotAllowed,
+        _ => Route::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_routes() {
+        assert_eq!(route("POST", "/vault/keys"), Route::IssueKey);
+        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/vault/keys/abc"), Route::GetKey("abc"));
+        assert_eq!(route("DELETE", "/vault/keys/abc"), Route::RevokeKey("abc"));
+        assert_eq!(route("PUT", "/vault/keys/abc"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/vault/audit"), Route::Audit);
+        assert_eq!(route("GET", "/vault"), Route::NotFound);
+        assert_eq!(route("GET", "/vault/keys/abc/def"), Route::NotFound);
+        assert_eq!(route("GET", "/vault/other"), Route::NotFound);
+    }
+
+    #[test]
+    fn proxy_routes_with_and_without_vendor_prefix() {
+        assert_eq!(
+            route("POST", "/stripe/v1/payment_intents"),
+            Route::Proxy { vendor: Some(Vendor::Stripe), path: "/v1/payment_intents" }
+        );
+        assert_eq!(route("POST", "/v1/payment_intents"), Route::Proxy { vendor: None, path: "/v1/payment_intents" });
+        assert_eq!(route("GET", "/stripe"), Route::Proxy { vendor: Some(Vendor::Stripe), path: "" });
+        assert_eq!(route("GET", "/vaultx/a"), Route::Proxy { vendor: None, path: "/vaultx/a" });
+        assert_eq!(route("GET", "/Stripe/v1/x"), Route::Proxy { vendor: None, path: "/Stripe/v1/x" });
+    }
+}

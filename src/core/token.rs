@@ -1,0 +1,207 @@
+//! The vault-key token format.
+//!
+//! `kb_<vendor>_<key_id>_<secret>`:
+//! - `vendor` names the upstream (`stripe`), so a bare path like `/v1/payment_intents` can be
+//!   priced before the Durable Object is asked anything;
+//! - `key_id` is the 64-hex id of the key's Durable Object. The runtime only accepts ids it
+//!   minted itself, so a forged id is refused before any object exists;
+//! - `secret` is 32 random bytes, base64url without padding. Only its SHA-256 is stored,
+//!   and it is compared in constant time.
+
+use crate::core::vendor::Vendor;
+use sha2::{Digest, Sha256};
+
+pub const PREFIX: &str = "kb_";
+pub const KEY_ID_LEN: usize = 64;
+pub const SECRET_BYTES: usize = 32;
+const SECRET_LEN: usize = 43; // base64url of 32 bytes, unpadded
+
+/// A parsed, well-formed vault-key token. Well-formed is not authentic: the Durable Object
+/// decides that by comparing the secret's hash.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VaultToken<'a> {
+    pub vendor: Vendor,
+    pub key_id: &'a str,
+    secret: &'a str,
+}
+
+impl<'a> VaultToken<'a> {
+    pub fn parse(token: &'a str) -> Option<VaultToken<'a>> {
+        let rest = token.strip_prefix(PREFIX)?;
+        let (vendor, rest) = rest.split_once('_')?;
+        let vendor = Vendor::from_name(vendor)?;
+        // The secret's alphabet includes '_', so split at the fixed key-id width, not at '_'.
+        if rest.len() != KEY_ID_LEN + 1 + SECRET_LEN || rest.as_bytes()[KEY_ID_LEN] != b'_' {
+            return None;
+        }
+        let (key_id, secret) = (&rest[..KEY_ID_LEN], &rest[KEY_ID_LEN + 1..]);
+        if !is_key_id(key_id) || !secret.bytes().all(is_base64url) {
+            return None;
+        }
+        Some(VaultToken { vendor, key_id, secret })
+    }
+
+    /// The SHA-256 of the secret part, as stored by the key's Durable Object.
+    pub fn secret_hash(&self) -> SecretHash {
+        SecretHash::of(self.secret.as_bytes())
+    }
+}
+
+/// Builds a new token for `key_id` from fresh random bytes. Returns the token (shown to the
+/// caller once) and the hash to store.
+pub fn issue(vendor: Vendor, key_id: &str, random: &[u8; SECRET_BYTES]) -> (String, SecretHash) {
+    let secret = base64url(random);
+    let hash = SecretHash::of(secret.as_bytes());
+    (format!("{PREFIX}{}_{key_id}_{secret}", vendor.name()), hash)
+}
+
+/// True for a Durable Object id as the runtime prints it: 64 lowercase hex digits.
+pub fn is_key_id(s: &str) -> bool {
+    s.len() == KEY_ID_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A SHA-256 digest, carried as 64 lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretHash(pub String);
+
+impl SecretHash {
+    pub fn of(bytes: &[u8]) -> SecretHash {
+        SecretHash(hex(&Sha256::digest(bytes)))
+    }
+
+    pub fn matches(&self, other: &SecretHash) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Compares a presented bearer token with the expected one without leaking, by timing,
+/// how long a prefix matched or how long the expected token is.
+pub fn bearer_matches(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    constant_time_eq(&a, &b) && !expected.is_empty()
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn issued_tokens_parse_back_and_hash_to_the_stored_hash() {
+        let (token, stored) = issue(Vendor::Stripe, ID, &[7u8; SECRET_BYTES]);
+        assert!(token.starts_with("kb_stripe_0123"));
+        let parsed = VaultToken::parse(&token).expect("parses");
+        assert_eq!(parsed.vendor, Vendor::Stripe);
+        assert_eq!(parsed.key_id, ID);
+        assert!(parsed.secret_hash().matches(&stored));
+        assert!(!token.contains(&stored.0), "the token must not carry its own hash");
+    }
+
+    #[test]
+    fn different_secrets_give_different_hashes() {
+        let (_, a) = issue(Vendor::Stripe, ID, &[1u8; SECRET_BYTES]);
+        let (_, b) = issue(Vendor::Stripe, ID, &[2u8; SECRET_BYTES]);
+        assert!(!a.matches(&b));
+    }
+
+    #[test]
+    fn malformed_tokens_do_not_parse() {
+        let (good, _) = issue(Vendor::Stripe, ID, &[9u8; SECRET_BYTES]);
+        let mut bad = vec![
+            String::new(),
+            "kb_".into(),
+            good[..good.len() - 1].to_string(),
+            format!("{good}A"),
+            good.replace("kb_stripe_", "kb_paypal_"),
+            good.replace("kb_stripe_", "kb_Stripe_"),
+            good.replace("kb_", "sk_"),
+            good.replacen(ID, &ID.to_uppercase(), 1),
+            good.replacen(&ID[..2], "g0", 1),
+            format!(" {good}"),
+        ];
+        // A byte outside base64url in the secret part.
+        let mut chars: Vec<char> = good.chars().collect();
+        let last = chars.len() - 1;
+        chars[last] = '+';
+        bad.push(chars.into_iter().collect());
+        for t in &bad {
+            assert!(VaultToken::parse(t).is_none(), "{t:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn a_bit_flipped_secret_parses_but_does_not_match() {
+        let (good, stored) = issue(Vendor::Stripe, ID, &[9u8; SECRET_BYTES]);
+        let mut bytes = good.into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(bytes).unwrap();
+        let parsed = VaultToken::parse(&flipped).expect("still well-formed");
+        assert!(!parsed.secret_hash().matches(&stored));
+    }
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(base64url(&[0u8; 32]).len(), SECRET_LEN);
+    }
+
+    #[test]
+    fn bearer_comparison() {
+        assert!(bearer_matches("admin-token", "admin-token"));
+        assert!(!bearer_matches("admin-toke", "admin-token"));
+        assert!(!bearer_matches("", ""), "an unset admin key admits nobody");
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn key_ids_are_64_lowercase_hex() {
+        assert!(is_key_id(ID));
+        assert!(!is_key_id(&ID[1..]));
+        assert!(!is_key_id(&ID.to_uppercase()));
+    }
+}

@@ -1,0 +1,163 @@
+//! The admin API: issue, inspect and revoke vault keys, and read the audit trail.
+//! The key's Durable Object is the authority; D1 holds the registry and the audit rows.
+
+use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView};
+use crate::core::error::ProxyError;
+use crate::core::keys::{parse_new_key, IssuedKeyView, KeyView, MAX_BODY_BYTES};
+use crate::core::money::Micros;
+use crate::core::token::{self, bearer_matches, SECRET_BYTES};
+use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
+use crate::shell::ledger_client::LedgerClient;
+use crate::shell::{bearer, internal, now_ms};
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
+use worker::{D1Database, Env, Request, Response};
+
+type Answer = Result<Response, ProxyError>;
+
+fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
+    let expected = env.secret("KEYBRAKE_API_KEY").map(|s| s.to_string()).unwrap_or_default();
+    match bearer(req) {
+        Some(presented) if bearer_matches(&presented, &expected) => Ok(()),
+        _ => Err(ProxyError::Unauthorized),
+    }
+}
+
+fn db(env: &Env) -> Result<D1Database, ProxyError> {
+    env.d1("DB").map_err(internal("D1 binding"))
+}
+
+fn json(value: &impl serde::Serialize, status: u16) -> Answer {
+    Ok(Response::from_json(value).map_err(internal("encode response"))?.with_status(status))
+}
+
+/// `POST /vault/keys`
+pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
+    authorize(&req, env)?;
+    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ProxyError::InvalidRequest(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+    }
+    let new_key = parse_new_key(&body)?;
+
+    let (key_id, ledger) = LedgerClient::fresh(env)?;
+    let mut random = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut random).map_err(|_| ProxyError::Internal)?;
+    let (vault_key, secret_hash) = token::issue(new_key.vendor, &key_id, &random);
+    let config = new_key.into_config(key_id, now_ms());
+
+    match ledger.call(&LedgerCall::Create { config: config.clone(), secret_hash }).await? {
+        LedgerReply::State { .. } => {}
+        _ => return Err(ProxyError::Internal),
+    }
+    let c = &config;
+    let endpoints = serde_json::to_string(&c.allowed_endpoints).map_err(|_| ProxyError::Internal)?;
+    db(env)?
+        .prepare(
+            "INSERT INTO vault_keys (key_id, vendor, agent_run_label, daily_cap_micros, max_per_call_micros, \
+             allowed_endpoints, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&[
+            c.key_id.as_str().into(),
+            c.vendor.name().into(),
+            c.agent_run_label.as_deref().map_or(JsValue::NULL, JsValue::from),
+            num(c.daily_cap.0),
+            c.max_per_call.map_or(JsValue::NULL, |m| num(m.0)),
+            endpoints.into(),
+            num(c.created_at_ms),
+            num(c.expires_at_ms),
+        ])
+        .map_err(internal("bind registry insert"))?
+        .run()
+        .await
+        .map_err(internal("registry insert"))?;
+    json(&IssuedKeyView::new(c, &vault_key), 201)
+}
+
+/// `GET /vault/keys/{id}`
+pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> Answer {
+    authorize(req, env)?;
+    let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
+    match ledger.call(&LedgerCall::Status).await? {
+        LedgerReply::State { state } => json(&KeyView::new(&state, now_ms()), 200),
+        LedgerReply::NotFound => Err(ProxyError::NotFound),
+        _ => Err(ProxyError::Internal),
+    }
+}
+
+/// `DELETE /vault/keys/{id}`: takes effect in the key's object before it answers; the
+/// registry copy in D1 follows.
+pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
+    authorize(req, env)?;
+    let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
+    let state = match ledger.call(&LedgerCall::Revoke).await? {
+        LedgerReply::State { state } => state,
+        LedgerReply::NotFound => return Err(ProxyError::NotFound),
+        _ => return Err(ProxyError::Internal),
+    };
+    let revoked_at_ms = state.revoked_at_ms.unwrap_or_else(now_ms);
+    let update = db(env)?
+        .prepare("UPDATE vault_keys SET revoked_at_ms = ?1 WHERE key_id = ?2")
+        .bind(&[num(revoked_at_ms), key_id.into()]);
+    if let Err(e) = match update {
+        Ok(statement) => statement.run().await.map(|_| ()),
+        Err(e) => Err(e),
+    } {
+        // The object already refuses the key; a stale registry row only affects listing.
+        worker::console_error!("registry revoke update failed: {e}");
+    }
+    let view = KeyView::new(&state, now_ms());
+    json(&serde_json::json!({"key_id": key_id, "status": view.status, "revoked_at": view.revoked_at}), 200)
+}
+
+/// `GET /vault/audit?key_id=...` or `?agent_run_label=...`
+pub async fn audit(req: &Request, env: &Env) -> Answer {
+    authorize(req, env)?;
+    let url = req.url().map_err(|_| ProxyError::InvalidRequest("bad URL".into()))?;
+    let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let query =
+        AuditQuery::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(ProxyError::InvalidRequest)?;
+    let (column, value) = match &query.filter {
+        AuditFilter::KeyId(id) => ("key_id", id),
+        AuditFilter::Label(label) => ("agent_run_label", label),
+    };
+    let db = db(env)?;
+    let totals = db
+        .prepare(format!(
+            "SELECT COUNT(*) AS count, COALESCE(SUM(cost_micros), 0) AS total FROM audit WHERE {column} = ?1"
+        ))
+        .bind(&[value.as_str().into()])
+        .map_err(internal("bind audit totals"))?;
+    let rows = db
+        .prepare(format!("SELECT * FROM audit WHERE {column} = ?1 ORDER BY ts_ms, id LIMIT ?2"))
+        .bind(&[value.as_str().into(), num(u64::from(query.limit))])
+        .map_err(internal("bind audit rows"))?;
+    let results = db.batch(vec![totals, rows]).await.map_err(internal("audit query"))?;
+
+    #[derive(Deserialize)]
+    struct Totals {
+        count: u64,
+        total: u64,
+    }
+    let (Some(totals), Some(rows)) = (results.first(), results.get(1)) else {
+        return Err(ProxyError::Internal);
+    };
+    let totals: Totals = totals
+        .results::<Totals>()
+        .map_err(internal("decode audit totals"))?
+        .into_iter()
+        .next()
+        .ok_or(ProxyError::Internal)?;
+    let rows: Vec<AuditRow> = rows.results().map_err(internal("decode audit rows"))?;
+    let page = AuditPage {
+        count: totals.count,
+        total_usd: Micros(totals.total),
+        calls: rows.iter().map(AuditView::from).collect(),
+    };
+    json(&page, 200)
+}
+
+fn num(n: u64) -> JsValue {
+    // D1 takes JS numbers; every value here is far below 2^53.
+    JsValue::from(n as f64)
+}

@@ -1,0 +1,76 @@
+//! The wasm shell: the Worker's entry point. It routes, then hands off to the admin API or the
+//! proxy. Every failure becomes a typed [`ProxyError`] answered in one JSON shape; internal
+//! detail goes to the log, never to the caller.
+
+mod admin;
+mod ledger_client;
+mod proxy;
+
+use crate::core::error::ProxyError;
+use crate::core::routing::{route, Route};
+use worker::{console_error, event, Context, Env, Headers, Request, Response, Result};
+
+#[event(fetch)]
+pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    console_error_panic_hook::set_once();
+    let path = raw_path(&req);
+    let method = req.method().to_string();
+    let answer = match route(&method, &path) {
+        Route::IssueKey => admin::issue_key(req, &env).await,
+        Route::GetKey(id) => admin::get_key(&req, &env, id).await,
+        Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
+        Route::Audit => admin::audit(&req, &env).await,
+        Route::Proxy { vendor, path } => proxy::forward(req, &env, vendor, path).await,
+        Route::NotFound => Err(ProxyError::NotFound),
+        Route::MethodNotAllowed => Err(ProxyError::MethodNotAllowed),
+    };
+    match answer {
+        Ok(response) => Ok(response),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The request path exactly as the runtime handed it over. `Request::path` re-parses the URL,
+/// which would normalise it a second time; the proxy must match the bytes it forwards.
+fn raw_path(req: &Request) -> String {
+    let url = req.inner().url();
+    let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let path_and_query = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    let end = path_and_query.find(['?', '#']).unwrap_or(path_and_query.len());
+    path_and_query[..end].to_string()
+}
+
+/// Our own error answer: Stripe's error shape plus `X-Keybrake-Error`.
+pub fn error_response(e: &ProxyError) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("x-keybrake-error", e.kind())?;
+    if let ProxyError::CapExhausted { retry_after_secs } = e {
+        headers.set("x-keybrake-cap-hit", "true")?;
+        headers.set("retry-after", &retry_after_secs.to_string())?;
+    }
+    if !matches!(e, ProxyError::VendorUnreachable | ProxyError::Internal) {
+        // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to.
+        headers.set("stripe-should-retry", "false")?;
+    }
+    Ok(Response::from_bytes(e.body().into_bytes())?.with_status(e.status()).with_headers(headers))
+}
+
+/// Maps a runtime failure to the public `internal_error`, logging what happened.
+pub fn internal(context: &'static str) -> impl FnOnce(worker::Error) -> ProxyError {
+    move |e| {
+        console_error!("{context}: {e}");
+        ProxyError::Internal
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &Request) -> Option<String> {
+    let value = req.headers().get("authorization").ok().flatten()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
