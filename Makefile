@@ -10,6 +10,8 @@ WASM_BINDGEN_VERSION := 0.2.130
 export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 # worker-build would download wasm-bindgen from GitHub; use the one installed from crates.io.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+# ... and wasm-opt from the npm package binaryen, for the same reason.
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
