@@ -8,6 +8,7 @@
 use crate::core::allowlist;
 use crate::core::audit::{AuditRow, Outcome};
 use crate::core::clock::{secs_until_next_utc_day, utc_day};
+use crate::core::cost::Quote;
 use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
@@ -44,6 +45,24 @@ pub struct Reservation {
     pub unknown: bool,
 }
 
+/// A debited estimate waiting for the vendor's real price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub id: u64,
+    /// Where the vendor publishes the price, e.g. `.../Messages/SM123.json`.
+    pub poll_path: String,
+    pub day: u64,
+    pub estimate: Micros,
+    pub started_ms: u64,
+    pub attempts: u32,
+    pub next_at_ms: u64,
+    /// The call's audit row, re-sent with the real cost once it is known.
+    pub row: AuditRow,
+}
+
+/// How long a vendor has to publish a price before the estimate is kept for good.
+pub const RECONCILE_GIVE_UP_MS: u64 = 24 * 3_600_000;
+
 /// Where the ledger's state lives. The Durable Object implements it on its SQLite storage;
 /// tests use [`MemoryStore`].
 pub trait LedgerStore {
@@ -51,14 +70,18 @@ pub trait LedgerStore {
     fn put_key(&self, key: &KeyRecord) -> Result<(), Self::Error>;
     fn put_reservation(&self, r: &Reservation) -> Result<(), Self::Error>;
     fn delete_reservation(&self, id: u64) -> Result<(), Self::Error>;
-    /// Appends to the audit outbox, from which rows are copied to D1.
+    /// Appends to the audit outbox, from which rows are copied to D1. A row with an id already
+    /// sent replaces it there (a reconciled cost).
     fn append_audit(&self, row: &AuditRow) -> Result<(), Self::Error>;
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error>;
+    fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug)]
 pub struct Ledger {
     key: KeyRecord,
     open: BTreeMap<u64, Reservation>,
+    reconciling: BTreeMap<u64, Reconciliation>,
     /// Sum of open reservations made on `key.day`.
     reserved_today: Micros,
 }
@@ -68,19 +91,24 @@ impl Ledger {
         let day = utc_day(config.created_at_ms);
         let key = KeyRecord { config, secret_hash, revoked_at_ms: None, day, spent: Micros::ZERO, seq: 0 };
         store.put_key(&key)?;
-        Ok(Ledger { key, open: BTreeMap::new(), reserved_today: Micros::ZERO })
+        Ok(Ledger { key, open: BTreeMap::new(), reconciling: BTreeMap::new(), reserved_today: Micros::ZERO })
     }
 
     /// Rebuilds the ledger from what a store holds.
-    pub fn load(key: KeyRecord, open: impl IntoIterator<Item = Reservation>) -> Ledger {
+    pub fn load(
+        key: KeyRecord,
+        open: impl IntoIterator<Item = Reservation>,
+        reconciling: impl IntoIterator<Item = Reconciliation>,
+    ) -> Ledger {
         let open: BTreeMap<u64, Reservation> = open.into_iter().map(|r| (r.id, r)).collect();
-        let mut ledger = Ledger { key, open, reserved_today: Micros::ZERO };
+        let reconciling = reconciling.into_iter().map(|r| (r.id, r)).collect();
+        let mut ledger = Ledger { key, open, reconciling, reserved_today: Micros::ZERO };
         ledger.recount_reserved();
         ledger
     }
 
-    pub fn key_id(&self) -> &str {
-        &self.key.config.key_id
+    pub fn vendor(&self) -> crate::core::vendor::Vendor {
+        self.key.config.vendor
     }
 
     /// Runs the contract's checks in order and, if all pass, holds the price against today's cap.
@@ -90,7 +118,7 @@ impl Ledger {
         store: &S,
         now_ms: u64,
         call: ReserveCall,
-    ) -> Result<Result<Reservation, ProxyError>, S::Error> {
+    ) -> Result<Result<(Reservation, u64), ProxyError>, S::Error> {
         if call.vendor != self.key.config.vendor || !self.key.secret_hash.matches(&call.secret_hash) {
             return Ok(Err(ProxyError::InvalidKey));
         }
@@ -104,7 +132,7 @@ impl Ledger {
                 store.append_audit(&AuditRow { status: Some(error.status()), decision: error.kind().into(), ..row })?;
                 Ok(Err(error))
             }
-            Ok(amount) => {
+            Ok((amount, units)) => {
                 let r = Reservation {
                     id: seq,
                     amount,
@@ -119,12 +147,14 @@ impl Ledger {
                 store.put_reservation(&r)?;
                 self.reserved_today = self.reserved_today.checked_add(amount).unwrap_or(Micros(u64::MAX));
                 self.open.insert(r.id, r.clone());
-                Ok(Ok(r))
+                Ok(Ok((r, units)))
             }
         }
     }
 
-    fn check(&self, now_ms: u64, call: &ReserveCall) -> Result<Micros, ProxyError> {
+    /// The contract's checks, in order. Returns the amount to hold and, for a per-unit quote,
+    /// how many units it buys.
+    fn check(&self, now_ms: u64, call: &ReserveCall) -> Result<(Micros, u64), ProxyError> {
         let config = &self.key.config;
         if self.key.revoked_at_ms.is_some() {
             return Err(ProxyError::KeyRevoked);
@@ -135,15 +165,30 @@ impl Ledger {
         if !allowlist::allows(&config.allowed_endpoints, &call.method, &call.path) {
             return Err(ProxyError::EndpointNotAllowed);
         }
-        let amount = call.price.clone()?;
-        if config.max_per_call.is_some_and(|max| amount > max) {
-            return Err(ProxyError::PerCallLimit);
+        let cap_hit = || ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) };
+        let available = config.daily_cap.saturating_sub(self.key.spent).saturating_sub(self.reserved_today);
+        match call.price.clone()? {
+            Quote::Fixed { amount } => {
+                if config.max_per_call.is_some_and(|max| amount > max) {
+                    return Err(ProxyError::PerCallLimit);
+                }
+                if amount > available {
+                    return Err(cap_hit());
+                }
+                Ok((amount, 1))
+            }
+            Quote::PerUnit { unit, max_units } => {
+                if config.max_per_call.is_some_and(|max| unit > max) {
+                    return Err(ProxyError::PerCallLimit);
+                }
+                let budget = config.max_per_call.map_or(available, |max| max.min(available));
+                let units = budget.0.checked_div(unit.0).map_or(max_units, |u| u.min(max_units));
+                if units == 0 {
+                    return Err(cap_hit());
+                }
+                Ok((Micros(unit.0 * units), units))
+            }
         }
-        let committed = self.key.spent.checked_add(self.reserved_today).and_then(|c| c.checked_add(amount));
-        if committed.is_none_or(|c| c > config.daily_cap) {
-            return Err(ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) });
-        }
-        Ok(amount)
     }
 
     /// Records how a reserved call ended and writes its audit row. Finishing a reservation that
@@ -180,10 +225,90 @@ impl Ledger {
             self.key.spent = self.key.spent.checked_add(cost).unwrap_or(Micros(u64::MAX));
             self.reserved_today = self.reserved_today.saturating_sub(r.amount);
         }
+        let reconciliation = match (call.result, call.reconcile_path) {
+            (CallResult::Settled { cost }, Some(poll_path)) => Some(Reconciliation {
+                id: r.id,
+                poll_path,
+                day: r.day,
+                estimate: cost,
+                started_ms: now_ms,
+                attempts: 0,
+                next_at_ms: now_ms,
+                row: AuditRow { estimated_micros: Some(cost.0), ..row.clone() },
+            }),
+            _ => None,
+        };
         store.put_key(&self.key)?;
         store.delete_reservation(r.id)?;
-        store.append_audit(&row)?;
+        match &reconciliation {
+            Some(rec) => {
+                store.append_audit(&rec.row)?;
+                store.put_reconciliation(rec)?;
+            }
+            None => store.append_audit(&row)?,
+        }
         self.open.remove(&r.id);
+        if let Some(rec) = reconciliation {
+            self.reconciling.insert(rec.id, rec);
+        }
+        Ok(())
+    }
+
+    /// Estimates whose real price should be asked for now.
+    pub fn due_reconciliations(&self, now_ms: u64) -> Vec<Reconciliation> {
+        self.reconciling.values().filter(|r| r.next_at_ms <= now_ms).cloned().collect()
+    }
+
+    /// When the next reconciliation is due, if any.
+    pub fn next_reconciliation_at(&self) -> Option<u64> {
+        self.reconciling.values().map(|r| r.next_at_ms).min()
+    }
+
+    /// Moves a debited estimate to the vendor's real price. The difference is debited or
+    /// credited to the day the call was made; an actual cost above the estimate is debited
+    /// even past the cap, and the key's state shows by how much.
+    pub fn reconcile<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        id: u64,
+        actual: Micros,
+    ) -> Result<(), S::Error> {
+        self.roll_day(now_ms);
+        let Some(rec) = self.reconciling.remove(&id) else {
+            return Ok(());
+        };
+        if rec.day == self.key.day {
+            self.key.spent =
+                self.key.spent.saturating_sub(rec.estimate).checked_add(actual).unwrap_or(Micros(u64::MAX));
+        }
+        let row = AuditRow { cost_micros: actual.0, reconciled_at_ms: Some(now_ms), ..rec.row };
+        store.put_key(&self.key)?;
+        store.delete_reconciliation(id)?;
+        store.append_audit(&row)?;
+        Ok(())
+    }
+
+    /// The price is not published yet: ask again after `backoff_ms`, or keep the estimate for
+    /// good once the vendor has had a day.
+    pub fn reconcile_later<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        id: u64,
+        backoff_ms: u64,
+    ) -> Result<(), S::Error> {
+        let Some(rec) = self.reconciling.get_mut(&id) else {
+            return Ok(());
+        };
+        if now_ms.saturating_sub(rec.started_ms) >= RECONCILE_GIVE_UP_MS {
+            store.delete_reconciliation(id)?;
+            self.reconciling.remove(&id);
+            return Ok(());
+        }
+        rec.attempts += 1;
+        rec.next_at_ms = now_ms + backoff_ms;
+        store.put_reconciliation(rec)?;
         Ok(())
     }
 
@@ -210,6 +335,7 @@ impl Ledger {
             spent: self.key.spent,
             reserved: self.reserved_today,
             audit_pending,
+            reconciling: self.reconciling.len() as u64,
         }
     }
 
@@ -260,6 +386,8 @@ impl Ledger {
             vendor_object_id: None,
             idempotency_key,
             latency_ms: None,
+            estimated_micros: None,
+            reconciled_at_ms: None,
         }
     }
 }
@@ -270,6 +398,7 @@ pub struct MemoryStore {
     pub key: std::cell::RefCell<Option<KeyRecord>>,
     pub reservations: std::cell::RefCell<BTreeMap<u64, Reservation>>,
     pub audit: std::cell::RefCell<Vec<AuditRow>>,
+    pub reconciliations: std::cell::RefCell<BTreeMap<u64, Reconciliation>>,
 }
 
 impl LedgerStore for MemoryStore {
@@ -290,13 +419,25 @@ impl LedgerStore for MemoryStore {
         self.audit.borrow_mut().push(row.clone());
         Ok(())
     }
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error> {
+        self.reconciliations.borrow_mut().insert(r.id, r.clone());
+        Ok(())
+    }
+    fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error> {
+        self.reconciliations.borrow_mut().remove(&id);
+        Ok(())
+    }
 }
 
 impl MemoryStore {
     /// The ledger a fresh object would load from this store.
     pub fn reload(&self) -> Option<Ledger> {
         let key = self.key.borrow().clone()?;
-        Some(Ledger::load(key, self.reservations.borrow().values().cloned()))
+        Some(Ledger::load(
+            key,
+            self.reservations.borrow().values().cloned(),
+            self.reconciliations.borrow().values().cloned(),
+        ))
     }
 }
 
@@ -338,13 +479,13 @@ mod tests {
             secret_hash: hash(),
             method: "POST".into(),
             path: "/v1/payment_intents".into(),
-            price: price.map(Micros),
+            price: price.map(|amount| Quote::Fixed { amount: Micros(amount) }),
             idempotency_key: None,
         }
     }
 
     fn reserve(ledger: &mut Ledger, store: &MemoryStore, now: u64, amount: u64) -> Result<Reservation, ProxyError> {
-        ledger.reserve(store, now, call(Ok(amount))).unwrap()
+        ledger.reserve(store, now, call(Ok(amount))).unwrap().map(|(r, _)| r)
     }
 
     fn finish(ledger: &mut Ledger, store: &MemoryStore, now: u64, id: u64, result: CallResult) {
@@ -354,6 +495,7 @@ mod tests {
             status: Some(200),
             vendor_object_id: Some("pi_1".into()),
             latency_ms: 4,
+            reconcile_path: None,
         };
         ledger.finish(store, now, call).unwrap();
     }
@@ -420,7 +562,7 @@ mod tests {
         assert_eq!(reserve(&mut ledger, &store, expired, 1), Err(ProxyError::KeyRevoked));
         let mut forged = call(Ok(1));
         forged.secret_hash = SecretHash::of(b"guess");
-        assert_eq!(ledger.reserve(&store, T0, forged).unwrap(), Err(ProxyError::InvalidKey));
+        assert_eq!(ledger.reserve(&store, T0, forged).unwrap().unwrap_err(), ProxyError::InvalidKey);
     }
 
     #[test]
@@ -429,7 +571,7 @@ mod tests {
         let before = (store.key.borrow().clone(), store.audit.borrow().len());
         let mut forged = call(Ok(1));
         forged.secret_hash = SecretHash::of(b"guess");
-        assert_eq!(ledger.reserve(&store, T0, forged).unwrap(), Err(ProxyError::InvalidKey));
+        assert_eq!(ledger.reserve(&store, T0, forged).unwrap().unwrap_err(), ProxyError::InvalidKey);
         assert_eq!((store.key.borrow().clone(), store.audit.borrow().len()), before);
 
         reserve(&mut ledger, &store, T0, 1).unwrap_err();
@@ -526,6 +668,93 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(ids, sorted);
+    }
+
+    fn per_minute(unit: u64, max_units: u64) -> ReserveCall {
+        ReserveCall { price: Ok(Quote::PerUnit { unit: Micros(unit), max_units }), ..call(Ok(0)) }
+    }
+
+    #[test]
+    fn per_unit_quotes_hold_what_the_budget_allows() {
+        let (store, mut ledger) = new_ledger(100_000);
+        let (r, units) = ledger.reserve(&store, T0, per_minute(14_000, 240)).unwrap().unwrap();
+        assert_eq!((units, r.amount), (7, Micros(98_000)), "7 whole minutes fit in $0.10");
+        let (_, units) = ledger.reserve(&store, T0, per_minute(1_000, 240)).unwrap().unwrap();
+        assert_eq!(units, 2, "the rest of the budget");
+        assert!(matches!(
+            ledger.reserve(&store, T0, per_minute(1_000, 240)).unwrap(),
+            Err(ProxyError::CapExhausted { .. })
+        ));
+
+        let (store, mut ledger) = new_ledger(10_000_000);
+        let (_, units) = ledger.reserve(&store, T0, per_minute(14_000, 240)).unwrap().unwrap();
+        assert_eq!(units, 240, "bounded by the vendor's maximum");
+
+        let store = MemoryStore::default();
+        let mut ledger = Ledger::create(&store, config(10_000_000, Some(50_000)), hash()).unwrap();
+        let (_, units) = ledger.reserve(&store, T0, per_minute(14_000, 240)).unwrap().unwrap();
+        assert_eq!(units, 3, "bounded by max_usd_per_call");
+        assert_eq!(ledger.reserve(&store, T0, per_minute(60_000, 240)).unwrap().unwrap_err(), ProxyError::PerCallLimit);
+    }
+
+    fn settle_estimate(ledger: &mut Ledger, store: &MemoryStore, now: u64, amount: u64) -> u64 {
+        let r = reserve(ledger, store, now, amount).unwrap();
+        let call = FinishCall {
+            reservation_id: r.id,
+            result: CallResult::Settled { cost: r.amount },
+            status: Some(201),
+            vendor_object_id: Some("SM1".into()),
+            latency_ms: 3,
+            reconcile_path: Some("/2010-04-01/Accounts/AC1/Messages/SM1.json".into()),
+        };
+        ledger.finish(store, now, call).unwrap();
+        r.id
+    }
+
+    #[test]
+    fn reconciliation_moves_spend_from_the_estimate_to_the_real_price() {
+        let (store, mut ledger) = new_ledger(100_000);
+        let id = settle_estimate(&mut ledger, &store, T0, 14_300);
+        assert_eq!(ledger.state(T0, 0).spent, Micros(14_300));
+        assert_eq!(ledger.due_reconciliations(T0).len(), 1);
+        assert_eq!(store.audit.borrow().last().unwrap().estimated_micros, Some(14_300));
+
+        ledger.reconcile_later(&store, T0 + 1, id, 30_000).unwrap();
+        assert!(ledger.due_reconciliations(T0 + 1).is_empty());
+        assert_eq!(ledger.next_reconciliation_at(), Some(T0 + 30_001));
+        assert_eq!(store.reload().unwrap().reconciling[&id].attempts, 1, "the backoff is stored");
+
+        ledger.reconcile(&store, T0 + 40_000, id, Micros(8_300)).unwrap();
+        let state = ledger.state(T0 + 40_000, 0);
+        assert_eq!((state.spent, state.reconciling), (Micros(8_300), 0));
+        let row = store.audit.borrow().last().unwrap().clone();
+        assert_eq!(
+            (row.cost_micros, row.estimated_micros, row.reconciled_at_ms),
+            (8_300, Some(14_300), Some(T0 + 40_000))
+        );
+        assert_eq!(row.id, store.audit.borrow()[0].id, "the same audit row, updated");
+        ledger.reconcile(&store, T0 + 50_000, id, Micros(1)).unwrap();
+        assert_eq!(ledger.state(T0 + 50_000, 0).spent, Micros(8_300), "reconciling twice changes nothing");
+    }
+
+    #[test]
+    fn a_real_price_above_the_estimate_is_still_debited() {
+        let (store, mut ledger) = new_ledger(20_000);
+        let id = settle_estimate(&mut ledger, &store, T0, 20_000);
+        ledger.reconcile(&store, T0 + 1, id, Micros(26_000)).unwrap();
+        let state = ledger.state(T0 + 1, 0);
+        assert_eq!(state.spent, Micros(26_000), "over the cap by exactly the difference");
+        assert!(reserve(&mut ledger, &store, T0 + 2, 0).is_ok(), "free calls still pass");
+        assert!(reserve(&mut ledger, &store, T0 + 2, 1).is_err());
+    }
+
+    #[test]
+    fn reconciliation_gives_up_after_a_day_and_keeps_the_estimate() {
+        let (store, mut ledger) = new_ledger(100_000);
+        let id = settle_estimate(&mut ledger, &store, T0, 14_300);
+        ledger.reconcile_later(&store, T0 + RECONCILE_GIVE_UP_MS, id, 1).unwrap();
+        assert_eq!(ledger.state(T0 + RECONCILE_GIVE_UP_MS, 0).reconciling, 0);
+        assert!(store.reconciliations.borrow().is_empty());
     }
 
     /// xorshift64*: deterministic, dependency-free randomness for the property test.

@@ -2,6 +2,7 @@
 //! as JSON over the stub's `fetch`.
 
 use crate::core::audit::Outcome;
+use crate::core::cost::Quote;
 use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
@@ -33,7 +34,7 @@ pub struct ReserveCall {
     pub path: String,
     /// The Worker prices the request (it has the body); the ledger applies the result in the
     /// contract's order, after the revocation, expiry and allowlist checks.
-    pub price: Result<Micros, ProxyError>,
+    pub price: Result<Quote, ProxyError>,
     pub idempotency_key: Option<String>,
 }
 
@@ -44,6 +45,8 @@ pub struct FinishCall {
     pub status: Option<u16>,
     pub vendor_object_id: Option<String>,
     pub latency_ms: u64,
+    /// For an estimated cost the vendor prices later: the GET path that will show the price.
+    pub reconcile_path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +70,21 @@ impl CallResult {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum LedgerReply {
-    Reserved { reservation_id: u64, remaining: Micros },
-    Denied { error: ProxyError },
-    Finished { remaining: Micros },
-    State { state: KeyState },
+    /// `amount` is what is held; for a per-unit quote it is `units` × the unit price.
+    Reserved {
+        reservation_id: u64,
+        amount: Micros,
+        units: u64,
+        remaining: Micros,
+    },
+    Denied {
+        error: ProxyError,
+    },
+    Finished {
+        remaining: Micros,
+    },
+    State {
+        state: KeyState,
+    },
     NotFound,
 }

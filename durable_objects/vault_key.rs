@@ -1,25 +1,31 @@
 //! The `VaultKey` Durable Object class: a thin wrapper that keeps a [`Ledger`] in SQLite
-//! storage, answers [`LedgerCall`]s, and copies the audit outbox to D1 from its alarm.
+//! storage and answers [`LedgerCall`]s. Its alarm does the work that must not sit on a
+//! request path: copying the audit outbox to D1 and asking vendors for late prices.
 
 use crate::core::audit::AuditRow;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
-use crate::durable_objects::ledger::{KeyRecord, Ledger, LedgerStore, Reservation};
+use crate::core::vendor::PricePoll;
+use crate::durable_objects::ledger::{KeyRecord, Ledger, LedgerStore, Reconciliation, Reservation};
 use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
+use crate::shell::upstream;
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{
-    console_error, durable_object, Date, Delay, DurableObject, Env, Request, Response, Result, SqlStorage,
+    console_error, durable_object, Date, Delay, DurableObject, Env, Method, Request, Response, Result, SqlStorage,
     SqlStorageValue, State,
 };
 
 /// How long audit rows wait in the outbox before a flush, so a burst goes to D1 in a few batches.
-const FLUSH_DELAY_MS: i64 = 100;
+const FLUSH_DELAY_MS: u64 = 100;
 const FLUSH_BATCH: usize = 100;
-const MAX_FLUSH_BACKOFF_MS: i64 = 60_000;
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// First wait before asking a vendor again for a price it has not set (`RECONCILE_BACKOFF_MS`).
+const DEFAULT_RECONCILE_BACKOFF_MS: u64 = 60_000;
+const RECONCILE_TIMEOUT_MS: u64 = 10_000;
 /// How long a revoke waits for calls admitted before it to finish their vendor call.
 const REVOKE_DRAIN_MS: u64 = 35_000;
 
@@ -31,6 +37,7 @@ CREATE TABLE IF NOT EXISTS key_record (
 CREATE TABLE IF NOT EXISTS reservations (
   id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, day INTEGER NOT NULL, method TEXT NOT NULL,
   path TEXT NOT NULL, started_ms INTEGER NOT NULL, idempotency_key TEXT, unknown INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reconciliations (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row TEXT NOT NULL);
 ";
 
@@ -41,7 +48,8 @@ pub struct VaultKey {
     /// `None` until loaded from storage; stays `None` for an object that holds no key.
     ledger: RefCell<Option<Ledger>>,
     loaded: Cell<bool>,
-    flush_scheduled: Cell<bool>,
+    /// When the alarm is set for, so a burst does not re-arm it on every call.
+    alarm_at: Cell<Option<u64>>,
     flush_failures: Cell<u32>,
 }
 
@@ -52,7 +60,7 @@ impl DurableObject for VaultKey {
             env,
             ledger: RefCell::new(None),
             loaded: Cell::new(false),
-            flush_scheduled: Cell::new(false),
+            alarm_at: Cell::new(None),
             flush_failures: Cell::new(0),
         }
     }
@@ -61,9 +69,9 @@ impl DurableObject for VaultKey {
         let call: LedgerCall = req.json().await?;
         let revoking = matches!(call, LedgerCall::Revoke);
         // Everything from here to the reply is synchronous: no other call can interleave.
-        let (reply, audited) = self.handle(call)?;
-        if audited {
-            self.schedule_flush().await?;
+        let (reply, wrote_audit) = self.handle(call)?;
+        if wrote_audit {
+            self.arm(Some(Date::now().as_millis() + FLUSH_DELAY_MS)).await?;
         }
         if revoking && matches!(reply, LedgerReply::State { .. }) {
             self.drain_in_flight().await;
@@ -72,18 +80,22 @@ impl DurableObject for VaultKey {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        self.flush_scheduled.set(false);
-        match self.flush_outbox().await {
-            Ok(()) => self.flush_failures.set(0),
-            Err(e) => {
-                let failures = self.flush_failures.get().saturating_add(1);
-                self.flush_failures.set(failures);
-                console_error!("audit flush to D1 failed (attempt {failures}), rows kept in outbox: {e}");
-                let backoff = (1_000i64 << failures.min(6)).min(MAX_FLUSH_BACKOFF_MS);
-                self.state.storage().set_alarm(backoff).await?;
-                self.flush_scheduled.set(true);
-            }
+        self.alarm_at.set(None);
+        let flushed = self.flush_outbox().await;
+        if let Err(e) = &flushed {
+            console_error!("audit flush to D1 failed, rows kept in the outbox: {e}");
         }
+        self.flush_failures.set(if flushed.is_ok() { 0 } else { self.flush_failures.get().saturating_add(1) });
+        self.reconcile_due().await?;
+
+        let now = Date::now().as_millis();
+        let flush_at = match (self.store().outbox_len()?, self.flush_failures.get()) {
+            (0, _) => None,
+            (_, 0) => Some(now + FLUSH_DELAY_MS),
+            (_, failures) => Some(now + backoff(1_000, failures)),
+        };
+        let reconcile_at = self.ledger.borrow().as_ref().and_then(Ledger::next_reconciliation_at);
+        self.arm(earliest(flush_at, reconcile_at)).await?;
         Response::ok("")
     }
 }
@@ -123,7 +135,12 @@ impl VaultKey {
         Ok(match call {
             LedgerCall::Create { .. } => unreachable!("handled above"),
             LedgerCall::Reserve(reserve) => match ledger.reserve(store, now, reserve)? {
-                Ok(r) => LedgerReply::Reserved { reservation_id: r.id, remaining: ledger.remaining() },
+                Ok((r, units)) => LedgerReply::Reserved {
+                    reservation_id: r.id,
+                    amount: r.amount,
+                    units,
+                    remaining: ledger.remaining(),
+                },
                 Err(error) => LedgerReply::Denied { error },
             },
             LedgerCall::Finish(finish) => {
@@ -136,6 +153,17 @@ impl VaultKey {
                 LedgerReply::State { state: ledger_state(ledger, now, store)? }
             }
         })
+    }
+
+    /// Sets the alarm for `at` unless it is already set for an earlier time.
+    async fn arm(&self, at: Option<u64>) -> Result<()> {
+        let Some(at) = at else { return Ok(()) };
+        if self.alarm_at.get().is_some_and(|current| current <= at) {
+            return Ok(());
+        }
+        self.alarm_at.set(Some(at));
+        let offset = at.saturating_sub(Date::now().as_millis());
+        self.state.storage().set_alarm(offset as i64).await
     }
 
     /// After a revoke, waits until every call admitted before it has finished its vendor call,
@@ -151,16 +179,9 @@ impl VaultKey {
         }
     }
 
-    async fn schedule_flush(&self) -> Result<()> {
-        if self.flush_scheduled.get() {
-            return Ok(());
-        }
-        self.flush_scheduled.set(true);
-        self.state.storage().set_alarm(FLUSH_DELAY_MS).await
-    }
-
-    /// Copies outbox rows to D1, oldest first. `INSERT OR IGNORE` on the row id makes a
-    /// repeated copy harmless; rows leave the outbox only after D1 has them.
+    /// Copies outbox rows to D1, oldest first. Upserting on the row id makes a repeated copy
+    /// harmless and lets a reconciled row replace its estimate; rows leave the outbox only
+    /// after D1 has them.
     async fn flush_outbox(&self) -> Result<()> {
         let db = self.env.d1("DB")?;
         loop {
@@ -172,9 +193,12 @@ impl VaultKey {
                 .iter()
                 .map(|(_, row)| {
                     db.prepare(
-                        "INSERT OR IGNORE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, status, \
-                         decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, latency_ms) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                        "INSERT INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, status, \
+                         decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, \
+                         latency_ms, estimated_micros, reconciled_at_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+                         ON CONFLICT (id) DO UPDATE SET cost_micros = excluded.cost_micros, \
+                         estimated_micros = excluded.estimated_micros, reconciled_at_ms = excluded.reconciled_at_ms",
                     )
                     .bind(&audit_values(row))
                 })
@@ -182,6 +206,52 @@ impl VaultKey {
             db.batch(statements).await?;
             self.store().sql.exec("DELETE FROM audit_outbox WHERE seq <= ?", vec![SqlStorageValue::Integer(last)])?;
         }
+    }
+
+    /// Asks the vendor for the real price of each estimate that is due, and moves the ledger
+    /// to it. The vendor call happens here, in the alarm, never on a client's request path.
+    async fn reconcile_due(&self) -> Result<()> {
+        let now = Date::now().as_millis();
+        let (due, vendor) = match self.ledger.borrow().as_ref() {
+            Some(ledger) => (ledger.due_reconciliations(now), ledger.vendor()),
+            None => return Ok(()),
+        };
+        let Some(reconciler) = &vendor.spec().reconcile else { return Ok(()) };
+        let first_backoff = upstream::env_value(&self.env, "RECONCILE_BACKOFF_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_RECONCILE_BACKOFF_MS);
+        for rec in due {
+            let answer =
+                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, None, None, RECONCILE_TIMEOUT_MS)
+                    .await;
+            let poll = match &answer {
+                Ok(a) if (200..300).contains(&a.status) => (reconciler.read_price)(&a.body),
+                _ => PricePoll::NotYet,
+            };
+            let store = self.store();
+            let now = Date::now().as_millis();
+            let mut slot = self.ledger.borrow_mut();
+            let Some(ledger) = slot.as_mut() else { return Ok(()) };
+            match poll {
+                PricePoll::Priced(actual) => ledger.reconcile(&store, now, rec.id, actual)?,
+                PricePoll::NotYet => {
+                    ledger.reconcile_later(&store, now, rec.id, backoff(first_backoff, rec.attempts))?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Doubling backoff from `first_ms`, at most an hour.
+fn backoff(first_ms: u64, attempts: u32) -> u64 {
+    first_ms.saturating_mul(1 << attempts.min(12)).min(MAX_BACKOFF_MS)
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -192,6 +262,7 @@ fn ledger_state(ledger: &mut Ledger, now: u64, store: &SqlStore) -> Result<KeySt
 fn audit_values(row: &AuditRow) -> Vec<JsValue> {
     let opt_str = |s: &Option<String>| s.as_deref().map_or(JsValue::NULL, JsValue::from);
     let num = |n: u64| JsValue::from(n as f64);
+    let opt_num = |n: Option<u64>| n.map_or(JsValue::NULL, num);
     vec![
         JsValue::from(row.id.as_str()),
         num(row.ts_ms),
@@ -200,14 +271,16 @@ fn audit_values(row: &AuditRow) -> Vec<JsValue> {
         JsValue::from(row.vendor.as_str()),
         JsValue::from(row.method.as_str()),
         JsValue::from(row.path.as_str()),
-        row.status.map_or(JsValue::NULL, |s| num(u64::from(s))),
+        opt_num(row.status.map(u64::from)),
         JsValue::from(row.decision.as_str()),
         num(row.reserved_micros),
         num(row.cost_micros),
-        serde_json::to_value(row.outcome).ok().and_then(|v| v.as_str().map(JsValue::from)).unwrap_or(JsValue::NULL),
+        JsValue::from(row.outcome.as_str()),
         opt_str(&row.vendor_object_id),
         opt_str(&row.idempotency_key),
-        row.latency_ms.map_or(JsValue::NULL, num),
+        opt_num(row.latency_ms),
+        opt_num(row.estimated_micros),
+        opt_num(row.reconciled_at_ms),
     ]
 }
 
@@ -272,6 +345,20 @@ impl LedgerStore for SqlStore {
         self.appended.set(true);
         Ok(())
     }
+
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<()> {
+        let record = serde_json::to_string(r)?;
+        self.sql.exec(
+            "INSERT OR REPLACE INTO reconciliations (id, record) VALUES (?, ?)",
+            vec![int(r.id), record.into()],
+        )?;
+        Ok(())
+    }
+
+    fn delete_reconciliation(&self, id: u64) -> Result<()> {
+        self.sql.exec("DELETE FROM reconciliations WHERE id = ?", vec![int(id)])?;
+        Ok(())
+    }
 }
 
 impl SqlStore {
@@ -295,6 +382,10 @@ impl SqlStore {
             started_ms: u64,
             idempotency_key: Option<String>,
             unknown: u8,
+        }
+        #[derive(Deserialize)]
+        struct RecordRow {
+            record: String,
         }
         let keys: Vec<KeyRow> = self.sql.exec("SELECT * FROM key_record", None)?.to_array()?;
         let Some(k) = keys.into_iter().next() else {
@@ -320,7 +411,12 @@ impl SqlStore {
             idempotency_key: r.idempotency_key,
             unknown: r.unknown != 0,
         });
-        Ok(Some(Ledger::load(key, open)))
+        let records: Vec<RecordRow> = self.sql.exec("SELECT record FROM reconciliations", None)?.to_array()?;
+        let reconciling = records
+            .iter()
+            .map(|r| serde_json::from_str::<Reconciliation>(&r.record))
+            .collect::<serde_json::Result<Vec<_>>>()?;
+        Ok(Some(Ledger::load(key, open, reconciling)))
     }
 
     fn outbox_len(&self) -> Result<u64> {

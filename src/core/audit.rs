@@ -2,7 +2,7 @@
 //! vault key, a vendor secret or a request body: there is no field that could.
 
 use crate::core::clock::rfc3339;
-use crate::core::money::{usd, Micros};
+use crate::core::money::{usd, usd_opt, Micros};
 use serde::{Deserialize, Serialize};
 
 /// How a call ended, as far as the ledger is concerned.
@@ -17,6 +17,17 @@ pub enum Outcome {
     Unknown,
     /// Keybrake refused the call; nothing was sent.
     Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Settled => "settled",
+            Outcome::Released => "released",
+            Outcome::Unknown => "unknown",
+            Outcome::Denied => "denied",
+        }
+    }
 }
 
 /// A row as stored (in the Durable Object's outbox and in D1): integers only.
@@ -38,6 +49,10 @@ pub struct AuditRow {
     pub vendor_object_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub latency_ms: Option<u64>,
+    /// For a cost the vendor prices later (Twilio): the estimate first debited.
+    pub estimated_micros: Option<u64>,
+    /// When `cost_micros` was moved from the estimate to the vendor's real price.
+    pub reconciled_at_ms: Option<u64>,
 }
 
 /// A row as `GET /vault/audit` shows it.
@@ -60,6 +75,9 @@ pub struct AuditView<'a> {
     pub vendor_object_id: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
     pub latency_ms: Option<u64>,
+    #[serde(with = "usd_opt")]
+    pub estimated_usd: Option<Micros>,
+    pub reconciled_at: Option<String>,
 }
 
 impl<'a> From<&'a AuditRow> for AuditView<'a> {
@@ -80,6 +98,8 @@ impl<'a> From<&'a AuditRow> for AuditView<'a> {
             vendor_object_id: r.vendor_object_id.as_deref(),
             idempotency_key: r.idempotency_key.as_deref(),
             latency_ms: r.latency_ms,
+            estimated_usd: r.estimated_micros.map(Micros),
+            reconciled_at: r.reconciled_at_ms.map(rfc3339),
         }
     }
 }
@@ -172,10 +192,15 @@ mod tests {
             vendor_object_id: Some("pi_1".into()),
             idempotency_key: None,
             latency_ms: Some(3),
+            estimated_micros: None,
+            reconciled_at_ms: None,
         };
         let json = serde_json::to_string(&AuditView::from(&row)).unwrap();
         assert!(json.contains(r#""ts":"1970-01-01T00:00:01.000Z""#), "{json}");
         assert!(json.contains(r#""cost_usd":1.5"#), "{json}");
         assert!(json.contains(r#""outcome":"settled""#), "{json}");
+        for o in [Outcome::Settled, Outcome::Released, Outcome::Unknown, Outcome::Denied] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
     }
 }

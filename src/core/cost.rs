@@ -1,8 +1,9 @@
-//! Cost rules: what a call may cost before it is sent (the reservation) and what it did
-//! cost once the vendor answered (the settlement).
+//! Cost rules: what a call may cost before it is sent (the quote the ledger holds) and what it
+//! did cost once the vendor answered (the settlement).
 //!
 //! The rule of thumb: a call whose price cannot be read from the request is refused, never
 //! forwarded unpriced. Free calls are listed explicitly; a call no rule names is refused too.
+//! Each vendor's rules live in its module under `vendor/`.
 
 use crate::core::allowlist::template_matches;
 use crate::core::error::ProxyError;
@@ -19,153 +20,128 @@ pub struct CostRule {
     pub cost: Cost,
 }
 
+pub const fn rule(method: &'static str, path: &'static str, cost: Cost) -> CostRule {
+    CostRule { method, path, cost }
+}
+
 #[derive(Debug)]
 pub enum Cost {
     /// Moves no money.
     Free,
-    /// Reserve the form field `field` (integer minor units of `currency`), settle from the same
-    /// field of the JSON response. `if_missing` explains a refusal when the field is absent.
-    FormAmount { field: &'static str, if_missing: &'static str },
     /// Can move money, but the amount is not in the request.
     Unpriceable(&'static str),
+    /// Priced by the vendor module from the request.
+    Priced(PriceFn),
 }
 
-const fn rule(method: &'static str, path: &'static str, cost: Cost) -> CostRule {
-    CostRule { method, path, cost }
-}
+/// A vendor's pricing function for one rule.
+pub type PriceFn = fn(&PriceInput<'_>) -> Result<Price, ProxyError>;
 
-const AMOUNT: Cost = Cost::FormAmount { field: "amount", if_missing: "the request has no amount" };
+/// Reads a Worker var or secret by name.
+pub type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Stripe. Amounts are integer cents of USD; keys are locked to USD because a proxy has no
-/// exchange rates.
-pub const STRIPE: &[CostRule] = &[
-    rule("GET", "*", Cost::Free),
-    rule("POST", "/v1/payment_intents", AMOUNT),
-    rule("POST", "/v1/charges", AMOUNT),
-    rule("POST", "/v1/transfers", AMOUNT),
-    rule("POST", "/v1/payouts", AMOUNT),
-    rule(
-        "POST",
-        "/v1/refunds",
-        Cost::FormAmount {
-            field: "amount",
-            if_missing: "a refund without amount refunds the whole charge, whose amount is not in the request",
-        },
-    ),
-    rule(
-        "POST",
-        "/v1/payment_intents/{id}/confirm",
-        Cost::Unpriceable("confirm charges an amount set earlier, not in this request"),
-    ),
-    rule(
-        "POST",
-        "/v1/payment_intents/{id}/capture",
-        Cost::Unpriceable("capture charges an amount set earlier, not in this request"),
-    ),
-    rule(
-        "POST",
-        "/v1/invoices/{id}/pay",
-        Cost::Unpriceable("invoice pay charges the invoice total, not in this request"),
-    ),
-    rule("POST", "/v1/subscriptions", Cost::Unpriceable("subscriptions charge prices that are not in this request")),
-    rule("POST", "/v1/subscriptions/{id}", Cost::Unpriceable("subscription updates can charge prorations")),
-    rule("POST", "/v1/payment_intents/{id}", Cost::Free),
-    rule("POST", "/v1/payment_intents/{id}/cancel", Cost::Free),
-    rule("POST", "/v1/customers", Cost::Free),
-    rule("POST", "/v1/customers/{id}", Cost::Free),
-    rule("DELETE", "/v1/customers/{id}", Cost::Free),
-    rule("POST", "/v1/payment_methods", Cost::Free),
-    rule("POST", "/v1/payment_methods/{id}/attach", Cost::Free),
-    rule("POST", "/v1/payment_methods/{id}/detach", Cost::Free),
-    rule("POST", "/v1/setup_intents", Cost::Free),
-    rule("POST", "/v1/products", Cost::Free),
-    rule("POST", "/v1/prices", Cost::Free),
-];
-
-/// How the real cost of a priced call is read back from the vendor's answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Settlement {
-    Free,
-    ResponseAmount,
+/// What a pricing function may look at.
+pub struct PriceInput<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+    /// The Worker's vars, for configurable price tables.
+    pub vars: Vars<'a>,
 }
 
 /// The price of a call before it is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Price {
-    pub reserve: Micros,
+    pub quote: Quote,
     pub settlement: Settlement,
 }
 
-/// Prices a request. Errors are the public refusals (`cost_unknown`, `currency_not_allowed`,
-/// `invalid_request`); the Durable Object applies them in the contract's order.
-pub fn price(vendor: Vendor, method: &str, path: &str, body: &[u8]) -> Result<Price, ProxyError> {
+impl Price {
+    pub const FREE: Price = Price { quote: Quote::Fixed { amount: Micros::ZERO }, settlement: Settlement::Free };
+}
+
+/// What the ledger holds for a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Quote {
+    Fixed {
+        amount: Micros,
+    },
+    /// Hold as many `unit`s as the budget allows, up to `max_units`, at least one. The Worker
+    /// then bounds the call to that many units (Twilio's `TimeLimit`).
+    PerUnit {
+        unit: Micros,
+        max_units: u64,
+    },
+}
+
+/// How the real cost of a call is read once the vendor has answered 2xx.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Settlement {
+    Free,
+    /// The response states the amount (Stripe).
+    ResponseAmount,
+    /// The response states no price: debit the estimate. With `reconcile`, the vendor's real
+    /// price is fetched later and the ledger moves to it (Twilio).
+    Estimate {
+        reconcile: bool,
+    },
+}
+
+/// Prices a request by the vendor's cost table. Errors are the public refusals
+/// (`cost_unknown`, `currency_not_allowed`, `invalid_request`); the Durable Object applies them
+/// in the contract's order.
+pub fn price(vendor: Vendor, input: &PriceInput<'_>) -> Result<Price, ProxyError> {
     let rule = vendor
         .spec()
         .cost_rules
         .iter()
-        .find(|r| r.method == method && (r.path == "*" || template_matches(r.path, path)))
+        .find(|r| r.method == input.method && (r.path == "*" || template_matches(r.path, input.path)))
         .ok_or_else(|| {
-            ProxyError::CostUnknown(format!("{method} {path} is not in the {} cost table", vendor.name()))
+            ProxyError::CostUnknown(format!(
+                "{} {} is not in the {} cost table",
+                input.method,
+                input.path,
+                vendor.name()
+            ))
         })?;
     match rule.cost {
-        Cost::Free => Ok(Price { reserve: Micros::ZERO, settlement: Settlement::Free }),
+        Cost::Free => Ok(Price::FREE),
         Cost::Unpriceable(why) => Err(ProxyError::CostUnknown(why.into())),
-        Cost::FormAmount { field, if_missing } => {
-            let form = Form::parse(body)?;
-            let amount = form.single(field)?.ok_or_else(|| ProxyError::CostUnknown(if_missing.into()))?;
-            let currency = form.single("currency")?;
-            if !currency.is_some_and(|c| c.eq_ignore_ascii_case("usd")) {
-                return Err(ProxyError::CurrencyNotAllowed);
-            }
-            let cents = parse_minor_units(&amount)
-                .ok_or_else(|| ProxyError::InvalidRequest(format!("{field} must be a non-negative integer")))?;
-            let reserve =
-                Micros::from_cents(cents).ok_or_else(|| ProxyError::InvalidRequest(format!("{field} is too large")))?;
-            Ok(Price { reserve, settlement: Settlement::ResponseAmount })
-        }
+        Cost::Priced(f) => f(input),
     }
 }
 
-fn parse_minor_units(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// What a successful (2xx) answer tells us: the cost to debit and the vendor's object id.
+/// What a successful answer tells us: the cost to debit and the vendor's object id.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Settled {
     pub cost: Micros,
     pub vendor_object_id: Option<String>,
 }
 
-/// Reads the real cost of a 2xx answer. When the answer does not state an amount in USD, the
-/// reserved amount is debited: the vendor accepted the call, so assume it cost what was asked.
-pub fn settle(settlement: Settlement, reserved: Micros, body: &[u8]) -> Settled {
-    #[derive(Deserialize)]
-    struct VendorObject<'a> {
-        #[serde(borrow)]
-        id: Option<Cow<'a, str>>,
-        amount: Option<u64>,
-        #[serde(borrow)]
-        currency: Option<Cow<'a, str>>,
-    }
-    let object: Option<VendorObject> = serde_json::from_slice(body).ok();
-    let vendor_object_id = object.as_ref().and_then(|o| o.id.as_ref()).map(|id| truncate(id, 255));
-    let cost = match settlement {
-        Settlement::Free => Micros::ZERO,
-        Settlement::ResponseAmount => object
-            .filter(|o| o.currency.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("usd")))
-            .and_then(|o| o.amount)
-            .and_then(Micros::from_cents)
-            .unwrap_or(reserved),
-    };
-    Settled { cost, vendor_object_id }
+/// What a vendor's 2xx body says, as read by its module.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VendorAnswer {
+    pub object_id: Option<String>,
+    /// The amount the vendor reports having moved, when it reports one in USD.
+    pub amount: Option<Micros>,
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// Reads the real cost of a 2xx answer. When the answer states no USD amount, the held amount
+/// is debited: the vendor accepted the call, so assume it cost what was held.
+pub fn settle(vendor: Vendor, settlement: Settlement, held: Micros, body: &[u8]) -> Settled {
+    let answer = (vendor.spec().read_answer)(body);
+    let cost = match settlement {
+        Settlement::Free => Micros::ZERO,
+        Settlement::ResponseAmount => answer.amount.unwrap_or(held),
+        Settlement::Estimate { .. } => held,
+    };
+    Settled { cost, vendor_object_id: answer.object_id.map(|id| truncate(&id, 255)) }
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -200,6 +176,10 @@ impl<'a> Form<'a> {
         }
         Ok(first)
     }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
+    }
 }
 
 fn percent_decode(s: &str) -> Result<Cow<'_, str>, ProxyError> {
@@ -226,95 +206,86 @@ fn percent_decode(s: &str) -> Result<Cow<'_, str>, ProxyError> {
     String::from_utf8(out).map(Cow::Owned).map_err(|_| bad())
 }
 
+/// Requires a form body (by content type, when one is given).
+pub fn form_body<'a>(input: &PriceInput<'a>) -> Result<Form<'a>, ProxyError> {
+    if let Some(ct) = input.content_type {
+        if !ct.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+            return Err(ProxyError::UnsupportedMediaType("application/x-www-form-urlencoded".into()));
+        }
+    }
+    Form::parse(input.body)
+}
+
+/// A price table from a var holding a JSON object of dollar prices, such as
+/// `{"1": 0.0083, "44": 0.0524}`, or the defaults when the var is unset.
+pub fn price_table(vars: Vars<'_>, var: &str, defaults: &[(&str, &str)]) -> Result<Vec<(String, Micros)>, ProxyError> {
+    let Some(json) = vars(var) else {
+        return Ok(defaults
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Micros::parse_usd(v).unwrap_or(Micros::ZERO)))
+            .collect());
+    };
+    let bad =
+        |e: &str| ProxyError::CostUnknown(format!("the {var} price table is misconfigured ({e}); fix the Worker var"));
+    let raw: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(&json).map_err(|_| bad("not a JSON object"))?;
+    raw.into_iter().map(|(k, v)| Ok((k, Micros::parse_usd(v.get()).map_err(bad)?))).collect()
+}
+
+/// A dollar amount from a var, or the default.
+pub fn price_var(vars: Vars<'_>, var: &str, default: &str) -> Result<Micros, ProxyError> {
+    let text = vars(var).unwrap_or_else(|| default.to_string());
+    Micros::parse_usd(text.trim())
+        .map_err(|e| ProxyError::CostUnknown(format!("the {var} price {e}; fix the Worker var")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stripe(method: &str, path: &str, body: &str) -> Result<Price, ProxyError> {
-        price(Vendor::Stripe, method, path, body.as_bytes())
+    fn no_vars(_: &str) -> Option<String> {
+        None
     }
 
     #[test]
-    fn payment_intents_are_priced_from_the_request_amount() {
-        let p = stripe("POST", "/v1/payment_intents", "amount=150&currency=usd&customer=cus_1").unwrap();
-        assert_eq!(p, Price { reserve: Micros(1_500_000), settlement: Settlement::ResponseAmount });
-        for path in ["/v1/charges", "/v1/transfers", "/v1/payouts", "/v1/refunds"] {
-            assert_eq!(stripe("POST", path, "currency=USD&amount=1").unwrap().reserve, Micros(10_000), "{path}");
-        }
+    fn form_decoding_handles_escapes_and_refuses_duplicates() {
+        let form = Form::parse(b"metadata%5Bk%5D=a+b&amount=%32%30&x").unwrap();
+        assert_eq!(form.single("metadata[k]").unwrap().as_deref(), Some("a b"));
+        assert_eq!(form.single("amount").unwrap().as_deref(), Some("20"));
+        assert_eq!(form.single("x").unwrap().as_deref(), Some(""));
+        assert!(form.has("x") && !form.has("y"));
+        assert!(Form::parse(b"a=%G0").is_err());
+        assert!(Form::parse(b"a=%2").is_err());
+        assert!(Form::parse(b"a=%ff").is_err(), "not UTF-8 once decoded");
+        assert_eq!(Form::parse(b"a=1&a=2").unwrap().single("a").unwrap_err().kind(), "invalid_request");
     }
 
     #[test]
-    fn form_decoding_handles_escapes_and_nesting() {
-        let p = stripe("POST", "/v1/payment_intents", "metadata%5Bk%5D=a+b&amount=%32%30&currency=usd").unwrap();
-        assert_eq!(p.reserve, Micros(200_000));
-        assert!(stripe("POST", "/v1/payment_intents", "amount=%G0&currency=usd").is_err());
-        assert!(stripe("POST", "/v1/payment_intents", "amount=%2&currency=usd").is_err());
+    fn form_bodies_need_the_form_content_type() {
+        let input = |ct| PriceInput { method: "POST", path: "/", content_type: ct, body: b"a=1", vars: &no_vars };
+        assert!(form_body(&input(Some("application/x-www-form-urlencoded; charset=utf-8"))).is_ok());
+        assert!(form_body(&input(None)).is_ok());
+        assert_eq!(form_body(&input(Some("application/json"))).err().map(|e| e.status()), Some(415));
     }
 
     #[test]
-    fn gets_are_free() {
-        let p = stripe("GET", "/v1/payment_intents/pi_1", "").unwrap();
-        assert_eq!(p, Price { reserve: Micros::ZERO, settlement: Settlement::Free });
-    }
-
-    #[test]
-    fn money_moving_calls_without_an_amount_are_refused() {
-        for (method, path, body) in [
-            ("POST", "/v1/payment_intents/pi_1/confirm", ""),
-            ("POST", "/v1/payment_intents/pi_1/capture", "amount_to_capture=100"),
-            ("POST", "/v1/refunds", "charge=ch_1"),
-            ("POST", "/v1/invoices/in_1/pay", ""),
-            ("POST", "/v1/subscriptions", "customer=cus_1"),
-            ("POST", "/v1/payment_intents", "currency=usd"),
-            ("POST", "/v1/checkout/sessions", "mode=payment"),
-            ("DELETE", "/v1/payment_intents/pi_1", ""),
-        ] {
-            let err = stripe(method, path, body).unwrap_err();
-            assert_eq!(err.kind(), "cost_unknown", "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn only_usd_is_accepted() {
-        for body in ["amount=100&currency=eur", "amount=100&currency=jpy", "amount=100"] {
-            assert_eq!(stripe("POST", "/v1/payment_intents", body), Err(ProxyError::CurrencyNotAllowed), "{body}");
-        }
-    }
-
-    #[test]
-    fn duplicate_or_malformed_money_parameters_are_refused() {
-        for body in [
-            "amount=1&amount=1000&currency=usd",
-            "amount=1&currency=usd&currency=eur",
-            "amount=-5&currency=usd",
-            "amount=1.5&currency=usd",
-            "amount=&currency=usd",
-            "amount=1e3&currency=usd",
-            "amount=99999999999999999999&currency=usd",
-        ] {
-            assert_eq!(stripe("POST", "/v1/payment_intents", body).unwrap_err().kind(), "invalid_request", "{body}");
-        }
-    }
-
-    #[test]
-    fn free_posts_are_listed() {
-        assert_eq!(stripe("POST", "/v1/customers", "email=a%40b.c").unwrap().reserve, Micros::ZERO);
-    }
-
-    #[test]
-    fn settlement_reads_the_response_amount_and_id() {
-        let body = br#"{"id":"pi_123","object":"payment_intent","amount":149,"currency":"usd","status":"succeeded"}"#;
+    fn price_tables_come_from_vars_or_defaults() {
+        let defaults = [("1", "0.01"), ("44", "0.05")];
         assert_eq!(
-            settle(Settlement::ResponseAmount, Micros(1_500_000), body),
-            Settled { cost: Micros(1_490_000), vendor_object_id: Some("pi_123".into()) }
+            price_table(&no_vars, "T", &defaults).unwrap(),
+            vec![("1".to_string(), Micros(10_000)), ("44".to_string(), Micros(50_000))]
         );
+        let set = |_: &str| Some(r#"{"33": 0.0845}"#.to_string());
+        assert_eq!(price_table(&set, "T", &defaults).unwrap(), vec![("33".to_string(), Micros(84_500))]);
+        let broken = |_: &str| Some(r#"{"33": "cheap"}"#.to_string());
+        assert_eq!(price_table(&broken, "T", &defaults).unwrap_err().kind(), "cost_unknown");
+        assert_eq!(price_var(&no_vars, "P", "0.0009").unwrap(), Micros(900));
     }
 
     #[test]
-    fn settlement_falls_back_to_the_reservation_when_the_answer_is_unclear() {
-        for body in [&b"not json"[..], br#"{"id":"pi_1"}"#, br#"{"amount":5,"currency":"eur"}"#] {
-            assert_eq!(settle(Settlement::ResponseAmount, Micros(7), body).cost, Micros(7));
-        }
-        assert_eq!(settle(Settlement::Free, Micros(0), br#"{"id":"cus_1","amount":5}"#).cost, Micros::ZERO);
+    fn unlisted_calls_are_refused() {
+        let input =
+            PriceInput { method: "POST", path: "/v1/checkout/sessions", content_type: None, body: b"", vars: &no_vars };
+        assert_eq!(price(Vendor::Stripe, &input).unwrap_err().kind(), "cost_unknown");
     }
 }

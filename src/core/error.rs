@@ -3,6 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which vendor's error JSON an answer takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    Stripe,
+    Twilio,
+    Resend,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "detail", rename_all = "snake_case")]
 pub enum ProxyError {
@@ -21,6 +29,8 @@ pub enum ProxyError {
         retry_after_secs: u64,
     },
     InvalidRequest(String),
+    /// The body's content type is not the one the vendor's endpoint takes (named here).
+    UnsupportedMediaType(String),
     NotFound,
     MethodNotAllowed,
     Conflict(String),
@@ -36,6 +46,7 @@ impl ProxyError {
             ProxyError::Unauthorized | ProxyError::InvalidKey | ProxyError::KeyRevoked | ProxyError::KeyExpired => 401,
             ProxyError::EndpointNotAllowed | ProxyError::PerCallLimit => 403,
             ProxyError::NotFound => 404,
+            ProxyError::UnsupportedMediaType(_) => 415,
             ProxyError::MethodNotAllowed => 405,
             ProxyError::Conflict(_) => 409,
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
@@ -59,6 +70,7 @@ impl ProxyError {
             ProxyError::CapExhausted { .. } => "cap_exhausted",
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::NotFound => "not_found",
+            ProxyError::UnsupportedMediaType(_) => "unsupported_media_type",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Conflict(_) => "conflict",
             ProxyError::VendorUnreachable => "vendor_unreachable",
@@ -81,6 +93,7 @@ impl ProxyError {
             }
             ProxyError::InvalidRequest(why) => why.clone(),
             ProxyError::NotFound => "Not found.".into(),
+            ProxyError::UnsupportedMediaType(expected) => format!("This endpoint takes {expected} bodies."),
             ProxyError::MethodNotAllowed => "Method not allowed on this route.".into(),
             ProxyError::Conflict(why) => why.clone(),
             ProxyError::VendorUnreachable => {
@@ -92,7 +105,20 @@ impl ProxyError {
 
     /// The JSON body, in Stripe's error shape so the official SDKs surface it.
     pub fn body(&self) -> String {
-        serde_json::json!({"error": {"type": self.kind(), "message": self.message()}}).to_string()
+        self.body_as(ErrorShape::Stripe)
+    }
+
+    /// The JSON body in the error shape of the vendor whose SDK will read it.
+    pub fn body_as(&self, shape: ErrorShape) -> String {
+        let (kind, message, status) = (self.kind(), self.message(), self.status());
+        match shape {
+            ErrorShape::Stripe => serde_json::json!({"error": {"type": kind, "message": message}}),
+            // twilio-node raises RestException from `code`, `message` and `status`.
+            ErrorShape::Twilio => serde_json::json!({"code": status, "message": message, "status": status}),
+            // The resend SDK returns `{ error: { name, message, statusCode } }`.
+            ErrorShape::Resend => serde_json::json!({"name": kind, "message": message, "statusCode": status}),
+        }
+        .to_string()
     }
 }
 
@@ -122,6 +148,16 @@ mod tests {
             assert_eq!(body["error"]["type"], kind);
             assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
+    }
+
+    #[test]
+    fn vendor_error_shapes() {
+        let e = ProxyError::CapExhausted { retry_after_secs: 1 };
+        let twilio: serde_json::Value = serde_json::from_str(&e.body_as(ErrorShape::Twilio)).unwrap();
+        assert_eq!((twilio["code"].as_u64(), twilio["status"].as_u64()), (Some(429), Some(429)));
+        assert!(twilio["message"].as_str().unwrap().contains("cap"));
+        let resend: serde_json::Value = serde_json::from_str(&e.body_as(ErrorShape::Resend)).unwrap();
+        assert_eq!((resend["name"].as_str(), resend["statusCode"].as_u64()), (Some("cap_exhausted"), Some(429)));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct KeyState {
     pub spent: Micros,
     pub reserved: Micros,
     pub audit_pending: u64,
+    /// Estimated costs still waiting for the vendor's real price.
+    pub reconciling: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -174,6 +176,10 @@ pub struct KeyView<'a> {
     pub agent_run_label: Option<&'a str>,
     pub allowed_endpoints: &'a [String],
     pub audit_pending: u64,
+    pub reconciling: u64,
+    /// How far real prices that came in above their estimates pushed today's spend past the cap.
+    #[serde(with = "usd")]
+    pub over_cap_usd: Micros,
 }
 
 impl<'a> KeyView<'a> {
@@ -194,6 +200,8 @@ impl<'a> KeyView<'a> {
             agent_run_label: c.agent_run_label.as_deref(),
             allowed_endpoints: &c.allowed_endpoints,
             audit_pending: state.audit_pending,
+            reconciling: state.reconciling,
+            over_cap_usd: state.spent.saturating_sub(c.daily_cap),
         }
     }
 }
@@ -316,8 +324,14 @@ mod tests {
             parse(r#"{"vendor":"stripe","daily_usd_cap":10,"allowed_endpoints":["POST /v1/charges"],"expires_in":60}"#)
                 .unwrap()
                 .into_config("k".into(), 1_000);
-        let mut state =
-            KeyState { config, revoked_at_ms: None, spent: Micros(3), reserved: Micros(4), audit_pending: 0 };
+        let mut state = KeyState {
+            config,
+            revoked_at_ms: None,
+            spent: Micros(3),
+            reserved: Micros(4),
+            audit_pending: 0,
+            reconciling: 0,
+        };
         assert_eq!(state.status(60_999), KeyStatus::Active);
         assert_eq!(state.status(61_000), KeyStatus::Expired);
         assert_eq!(state.remaining(), Micros(10_000_000 - 7));

@@ -5,6 +5,7 @@ pub mod allowlist;
 pub mod audit;
 pub mod clock;
 pub mod cost;
+pub mod encoding;
 pub mod error;
 pub mod keys;
 pub mod money;

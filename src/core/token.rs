@@ -8,6 +8,7 @@
 //! - `secret` is 32 random bytes, base64url without padding. Only its SHA-256 is stored,
 //!   and it is compared in constant time.
 
+use crate::core::encoding::{base64_decode, base64url, hex};
 use crate::core::vendor::Vendor;
 use sha2::{Digest, Sha256};
 
@@ -91,30 +92,17 @@ pub fn bearer_matches(presented: &str, expected: &str) -> bool {
     constant_time_eq(&a, &b) && !expected.is_empty()
 }
 
+/// The password of an HTTP Basic credential (`base64(user:password)`), as twilio-node sends
+/// its auth token. The username is ignored: the vault key alone identifies the key.
+pub fn basic_password(encoded: &str) -> Option<String> {
+    let decoded = base64_decode(encoded.trim())?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_string())
+}
+
 fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -178,13 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn base64url_matches_rfc4648_vectors() {
-        assert_eq!(base64url(b""), "");
-        assert_eq!(base64url(b"f"), "Zg");
-        assert_eq!(base64url(b"fo"), "Zm8");
-        assert_eq!(base64url(b"foo"), "Zm9v");
-        assert_eq!(base64url(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    fn secrets_encode_to_the_fixed_length() {
         assert_eq!(base64url(&[0u8; 32]).len(), SECRET_LEN);
     }
 
@@ -196,6 +178,14 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn basic_credentials_yield_their_password() {
+        // base64("ACany:kb_stripe_x") and RFC 4648 vectors.
+        assert_eq!(basic_password("QUNhbnk6a2Jfc3RyaXBlX3g=").as_deref(), Some("kb_stripe_x"));
+        assert_eq!(basic_password("bm9jb2xvbg=="), None, "no ':'");
+        assert_eq!(basic_password("not base64!"), None);
     }
 
     #[test]

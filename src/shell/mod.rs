@@ -5,8 +5,9 @@
 mod admin;
 mod ledger_client;
 mod proxy;
+pub mod upstream;
 
-use crate::core::error::ProxyError;
+use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::routing::{route, Route};
 use worker::{console_error, event, Context, Env, Headers, Request, Response, Result};
 
@@ -20,13 +21,13 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Route::GetKey(id) => admin::get_key(&req, &env, id).await,
         Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
         Route::Audit => admin::audit(&req, &env).await,
-        Route::Proxy { vendor, path } => proxy::forward(req, &env, vendor, path).await,
+        Route::Proxy { vendor, path } => return proxy::forward(req, &env, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed => Err(ProxyError::MethodNotAllowed),
     };
     match answer {
         Ok(response) => Ok(response),
-        Err(e) => error_response(&e),
+        Err(e) => error_response(&e, ErrorShape::Stripe),
     }
 }
 
@@ -40,8 +41,9 @@ fn raw_path(req: &Request) -> String {
     path_and_query[..end].to_string()
 }
 
-/// Our own error answer: Stripe's error shape plus `X-Keybrake-Error`.
-pub fn error_response(e: &ProxyError) -> Result<Response> {
+/// Our own error answer, in the error shape of the SDK that will read it, plus
+/// `X-Keybrake-Error`.
+pub fn error_response(e: &ProxyError, shape: ErrorShape) -> Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     headers.set("x-keybrake-error", e.kind())?;
@@ -53,7 +55,7 @@ pub fn error_response(e: &ProxyError) -> Result<Response> {
         // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to.
         headers.set("stripe-should-retry", "false")?;
     }
-    Ok(Response::from_bytes(e.body().into_bytes())?.with_status(e.status()).with_headers(headers))
+    Ok(Response::from_bytes(e.body_as(shape).into_bytes())?.with_status(e.status()).with_headers(headers))
 }
 
 /// Maps a runtime failure to the public `internal_error`, logging what happened.

@@ -13,7 +13,7 @@ before(async () => {
 after(async () => {
   await kb?.close();
 });
-beforeEach(() => kb.stripe.reset());
+beforeEach(() => kb.resetVendors());
 
 const label = (name) => `inngest/billing/subscription.process/${name}-${Date.now()}`;
 

@@ -6,9 +6,16 @@ import { readFileSync, readdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startStripeFake } from "../fakes/stripe.mjs";
+import { startTwilioFake } from "../fakes/twilio.mjs";
+import { startResendFake } from "../fakes/resend.mjs";
 
 export const ADMIN_KEY = "kb_admin_test_0f3c9a7d5e1b2c4d6e8f";
 export const STRIPE_SECRET = "sk_test_keybrake_e2e_51HfakeSecretValue";
+export const TWILIO_ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef";
+export const TWILIO_AUTH_TOKEN = "twilio_auth_token_e2e_5f2b9c";
+export const RESEND_API_KEY = "re_e2e_9Qm2kLx7VendorSecret";
+/** Every vendor secret the Worker holds: none may ever reach a client, a log or an audit row. */
+export const VENDOR_SECRETS = [STRIPE_SECRET, TWILIO_AUTH_TOKEN, RESEND_API_KEY];
 const ROOT = new URL("../..", import.meta.url).pathname;
 
 export function migrationStatements() {
@@ -27,8 +34,10 @@ export function migrationStatements() {
     );
 }
 
-export async function startKeybrake({ vars = {} } = {}) {
+export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = {}) {
   const stripe = await startStripeFake({ secret: STRIPE_SECRET });
+  const twilio = await startTwilioFake({ accountSid: TWILIO_ACCOUNT_SID, authToken: TWILIO_AUTH_TOKEN, ...twilioOptions });
+  const resend = await startResendFake({ apiKey: RESEND_API_KEY });
   const persist = mkdtempSync(join(tmpdir(), "keybrake-e2e-"));
   const mf = new Miniflare({
     modules: true,
@@ -43,7 +52,13 @@ export async function startKeybrake({ vars = {} } = {}) {
       KEYBRAKE_API_KEY: ADMIN_KEY,
       STRIPE_SECRET_KEY: STRIPE_SECRET,
       STRIPE_API_BASE: stripe.url,
+      TWILIO_ACCOUNT_SID,
+      TWILIO_AUTH_TOKEN,
+      TWILIO_API_BASE: twilio.url,
+      RESEND_API_KEY,
+      RESEND_API_BASE: resend.url,
       UPSTREAM_TIMEOUT_MS: "2000",
+      RECONCILE_BACKOFF_MS: "100",
       ...vars,
     },
     host: "127.0.0.1",
@@ -81,8 +96,18 @@ export async function startKeybrake({ vars = {} } = {}) {
     mf,
     db,
     stripe,
+    twilio,
+    resend,
+    resetVendors() {
+      stripe.reset();
+      twilio.reset();
+      resend.reset();
+    },
     persistDir: persist,
     call,
+    async key(state) {
+      return (await call("GET", `/vault/keys/${state.key_id}`)).json;
+    },
     async issueKey(overrides = {}) {
       const res = await call("POST", "/vault/keys", {
         body: {
@@ -108,7 +133,7 @@ export async function startKeybrake({ vars = {} } = {}) {
     },
     async close() {
       await mf.dispose();
-      await stripe.close();
+      await Promise.all([stripe.close(), twilio.close(), resend.close()]);
       rmSync(persist, { recursive: true, force: true });
     },
   };
@@ -118,4 +143,29 @@ export async function startKeybrake({ vars = {} } = {}) {
 export async function stripeClient(kb, vaultKey, options = {}) {
   const { default: Stripe } = await import("stripe");
   return new Stripe(vaultKey, { host: "127.0.0.1", port: kb.port, protocol: "http", telemetry: false, ...options });
+}
+
+/**
+ * A twilio-node client that talks to Keybrake. twilio-node has no base-URL option; its
+ * documented extension point is a custom `httpClient`, here one that sends every request to
+ * Keybrake's `/twilio` route instead of api.twilio.com. The vault key is the auth token; the
+ * account sid can be anything, since Keybrake pins the real one.
+ */
+export async function twilioClient(kb, vaultKey, accountSid = "ACanything") {
+  const { default: twilio } = await import("twilio");
+  const base = new twilio.RequestClient();
+  const httpClient = {
+    request(opts) {
+      const uri = new URL(opts.uri);
+      return base.request({ ...opts, uri: `${kb.url}/twilio${uri.pathname}${uri.search}` });
+    },
+  };
+  return twilio(accountSid, vaultKey, { httpClient });
+}
+
+/** The resend SDK pointed at Keybrake through RESEND_BASE_URL, as its docs describe. */
+export async function resendClient(kb, vaultKey) {
+  const { Resend } = await import("resend");
+  process.env.RESEND_BASE_URL = `${kb.url}/resend`;
+  return new Resend(vaultKey);
 }

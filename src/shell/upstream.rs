@@ -1,0 +1,93 @@
+//! Calls to a vendor: its fixed origin, an allowlist of headers, then the real credential.
+//! Used by the proxy for the client's call and by the key's object for price reconciliation.
+
+use crate::core::encoding::base64;
+use crate::core::vendor::{Credential, VendorSpec};
+use futures_util::future::{select, Either};
+use std::time::Duration;
+use worker::{
+    console_error, AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
+};
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// The vendor's answer, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// A Worker var or secret by name: what vendor modules read price tables and ids from.
+pub fn env_value(env: &Env, name: &str) -> Option<String> {
+    env.var(name).map(|v| v.to_string()).or_else(|_| env.secret(name).map(|s| s.to_string())).ok()
+}
+
+pub fn timeout_ms(env: &Env) -> u64 {
+    env_value(env, "UPSTREAM_TIMEOUT_MS").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TIMEOUT_MS)
+}
+
+/// Sends one call. `path_and_query` is already canonical; the origin never comes from the
+/// client. `Err(())` means the outcome is unknown: a network error, a reset or a timeout.
+pub async fn send(
+    env: &Env,
+    spec: &VendorSpec,
+    method: Method,
+    path_and_query: &str,
+    client_headers: Option<&Headers>,
+    body: Option<Vec<u8>>,
+    timeout_ms: u64,
+) -> Result<Answer, ()> {
+    let origin = env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
+    let url = format!("{}{path_and_query}", origin.trim_end_matches('/'));
+
+    let headers = Headers::new();
+    if let Some(client) = client_headers {
+        for name in spec.request_headers {
+            if let Ok(Some(value)) = client.get(name) {
+                headers.set(name, &value).map_err(|_| ())?;
+            }
+        }
+    }
+    let authorization = credential(env, spec).ok_or_else(|| console_error!("{} credentials are not set", spec.name))?;
+    headers.set("authorization", &authorization).map_err(|_| ())?;
+
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers).with_redirect(RequestRedirect::Manual);
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
+    }
+    let request = Request::new_with_init(&url, &init).map_err(|_| ())?;
+
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let call = async move {
+        let mut resp = Fetch::Request(request).send_with_signal(&signal).await?;
+        let body = resp.bytes().await?;
+        Ok::<_, worker::Error>(Answer { status: resp.status_code(), headers: resp.headers().clone(), body })
+    };
+    match select(Box::pin(call), Delay::from(Duration::from_millis(timeout_ms))).await {
+        Either::Left((Ok(answer), _)) => Ok(answer),
+        Either::Left((Err(e), _)) => {
+            console_error!("upstream call to {} failed: {e}", spec.name);
+            Err(())
+        }
+        Either::Right(_) => {
+            controller.abort();
+            console_error!("upstream call to {} timed out after {timeout_ms} ms", spec.name);
+            Err(())
+        }
+    }
+}
+
+/// The `Authorization` value holding the vendor's real credential.
+fn credential(env: &Env, spec: &VendorSpec) -> Option<String> {
+    let secret = |name: &str| env.secret(name).map(|s| s.to_string()).ok().filter(|s| !s.is_empty());
+    match spec.credential {
+        Credential::Bearer { secret: name } => Some(format!("Bearer {}", secret(name)?)),
+        Credential::Basic { user, password } => {
+            let pair = format!("{}:{}", secret(user)?, secret(password)?);
+            Some(format!("Basic {}", base64(pair.as_bytes())))
+        }
+    }
+}
