@@ -35,6 +35,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     Conflict(String),
     VendorUnreachable,
+    /// Nothing was sent: the vendor's credential is not configured.
+    VendorNotConfigured,
     /// Something on our side failed. The detail goes to the log, never to the caller.
     Internal,
 }
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::CapExhausted { .. } => 429,
             ProxyError::Internal => 500,
             ProxyError::VendorUnreachable => 502,
+            ProxyError::VendorNotConfigured => 503,
         }
     }
 
@@ -74,6 +77,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Conflict(_) => "conflict",
             ProxyError::VendorUnreachable => "vendor_unreachable",
+            ProxyError::VendorNotConfigured => "vendor_not_configured",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::VendorUnreachable => {
                 "The vendor could not be reached; the call may or may not have taken effect.".into()
             }
+            ProxyError::VendorNotConfigured => "Keybrake holds no credential for this vendor; nothing was sent.".into(),
             ProxyError::Internal => "Internal error.".into(),
         }
     }

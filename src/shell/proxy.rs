@@ -9,7 +9,7 @@ use crate::core::token::{basic_password, VaultToken};
 use crate::core::vendor::Vendor;
 use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, ReserveCall};
 use crate::shell::ledger_client::LedgerClient;
-use crate::shell::upstream::{self, env_value};
+use crate::shell::upstream::{self, env_value, NoAnswer};
 use crate::shell::{error_response, internal, now_ms};
 use worker::{console_error, Env, Headers, Method, Request, Response, Result};
 
@@ -126,6 +126,7 @@ async fn proxy(
             (CallResult::Settled { cost: settled.cost }, settled.vendor_object_id)
         }
         Ok(answer) if (400..500).contains(&answer.status) => (CallResult::Released, None),
+        Err(NoAnswer::NotSent) => (CallResult::Released, None),
         _ => (CallResult::Unknown, None),
     };
     let reconcile_path = match (settlement, &spec.reconcile, &vendor_object_id) {
@@ -142,7 +143,10 @@ async fn proxy(
     };
     let remaining = settled_remaining(&ledger, finish, remaining).await;
 
-    let answer = sent.map_err(|()| ProxyError::VendorUnreachable)?;
+    let answer = sent.map_err(|e| match e {
+        NoAnswer::NotSent => ProxyError::VendorNotConfigured,
+        NoAnswer::Unknown => ProxyError::VendorUnreachable,
+    })?;
     let headers = Headers::new();
     for name in spec.response_headers {
         if let Ok(Some(value)) = answer.headers.get(name) {

@@ -27,8 +27,17 @@ pub fn timeout_ms(env: &Env) -> u64 {
     env_value(env, "UPSTREAM_TIMEOUT_MS").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TIMEOUT_MS)
 }
 
+/// Why a call has no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// Nothing was sent (the vendor's secret is not set, or the request could not be built).
+    NotSent,
+    /// It may have reached the vendor: a network error, a reset or a timeout.
+    Unknown,
+}
+
 /// Sends one call. `path_and_query` is already canonical; the origin never comes from the
-/// client. `Err(())` means the outcome is unknown: a network error, a reset or a timeout.
+/// client.
 pub async fn send(
     env: &Env,
     spec: &VendorSpec,
@@ -37,7 +46,7 @@ pub async fn send(
     client_headers: Option<&Headers>,
     body: Option<Vec<u8>>,
     timeout_ms: u64,
-) -> Result<Answer, ()> {
+) -> Result<Answer, NoAnswer> {
     let origin = env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
     let url = format!("{}{path_and_query}", origin.trim_end_matches('/'));
 
@@ -45,19 +54,22 @@ pub async fn send(
     if let Some(client) = client_headers {
         for name in spec.request_headers {
             if let Ok(Some(value)) = client.get(name) {
-                headers.set(name, &value).map_err(|_| ())?;
+                headers.set(name, &value).map_err(|_| NoAnswer::NotSent)?;
             }
         }
     }
-    let authorization = credential(env, spec).ok_or_else(|| console_error!("{} credentials are not set", spec.name))?;
-    headers.set("authorization", &authorization).map_err(|_| ())?;
+    let Some(authorization) = credential(env, spec) else {
+        console_error!("{} credentials are not set", spec.name);
+        return Err(NoAnswer::NotSent);
+    };
+    headers.set("authorization", &authorization).map_err(|_| NoAnswer::NotSent)?;
 
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(headers).with_redirect(RequestRedirect::Manual);
     if let Some(body) = body.filter(|b| !b.is_empty()) {
         init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
     }
-    let request = Request::new_with_init(&url, &init).map_err(|_| ())?;
+    let request = Request::new_with_init(&url, &init).map_err(|_| NoAnswer::NotSent)?;
 
     let controller = AbortController::default();
     let signal = controller.signal();
@@ -70,12 +82,12 @@ pub async fn send(
         Either::Left((Ok(answer), _)) => Ok(answer),
         Either::Left((Err(e), _)) => {
             console_error!("upstream call to {} failed: {e}", spec.name);
-            Err(())
+            Err(NoAnswer::Unknown)
         }
         Either::Right(_) => {
             controller.abort();
             console_error!("upstream call to {} timed out after {timeout_ms} ms", spec.name);
-            Err(())
+            Err(NoAnswer::Unknown)
         }
     }
 }

@@ -203,3 +203,18 @@ test("Resend: errors come in Resend's shape and unpriceable sends never leave", 
   assert.equal(batch.status, 403);
   assert.equal(kb.resend.requests.length, 0);
 });
+
+test("a vendor without its secret answers 503 and holds nothing", async () => {
+  const bare = await startKeybrake({ vars: { RESEND_API_KEY: "" } });
+  try {
+    const key = await bare.issueKey({ vendor: "resend", daily_usd_cap: 1, allowed_endpoints: ["POST /emails"] });
+    const res = await bare.call("POST", "/resend/emails", { token: key.vault_key, body: { to: "a@example.test" } });
+    assert.equal(res.status, 503);
+    assert.equal(res.json.name, "vendor_not_configured");
+    assert.equal(bare.resend.requests.length, 0);
+    const state = await bare.key(key);
+    assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 0]);
+  } finally {
+    await bare.close();
+  }
+});
