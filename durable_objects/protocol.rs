@@ -2,7 +2,7 @@
 //! as JSON over the stub's `fetch`.
 
 use crate::core::audit::Outcome;
-use crate::core::cost::Quote;
+use crate::core::cost::{Quote, Settlement};
 use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
@@ -24,6 +24,10 @@ pub enum LedgerCall {
     Finish(FinishCall),
     Status,
     Revoke,
+    /// Move an active key's expiry to `ttl_secs` from now.
+    Refresh {
+        ttl_secs: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +40,9 @@ pub struct ReserveCall {
     /// contract's order, after the revocation, expiry and allowlist checks.
     pub price: Result<Quote, ProxyError>,
     pub idempotency_key: Option<String>,
+    /// The vendor honours `Idempotency-Key` on this call (Stripe and Resend POSTs). The ledger
+    /// then remembers the key, and makes one up when the client sent none.
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +54,20 @@ pub struct FinishCall {
     pub latency_ms: u64,
     /// For an estimated cost the vendor prices later: the GET path that will show the price.
     pub reconcile_path: Option<String>,
+    /// For an unknown outcome: the exact request, so the alarm can send it again under the
+    /// same `Idempotency-Key` and learn what happened.
+    pub replay: Option<Replay>,
+}
+
+/// A call as it was sent upstream, kept to learn an ambiguous outcome by sending it again.
+/// Only vendors that honour `Idempotency-Key` get one: for them a replay cannot charge twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    pub path_and_query: String,
+    /// The upstream headers as sent, `idempotency-key` included; never the credential.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub settlement: Settlement,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +97,11 @@ pub enum LedgerReply {
         amount: Micros,
         units: u64,
         remaining: Micros,
+        /// The `Idempotency-Key` to send upstream: the client's, or one the ledger made up.
+        idempotency_key: Option<String>,
+        /// The key was already used for a settled call: the vendor will replay its answer and
+        /// nothing new is debited.
+        replay: bool,
     },
     Denied {
         error: ProxyError,

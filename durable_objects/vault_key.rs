@@ -3,12 +3,15 @@
 //! request path: copying the audit outbox to D1 and asking vendors for late prices.
 
 use crate::core::audit::AuditRow;
+use crate::core::cost;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
 use crate::core::vendor::PricePoll;
-use crate::durable_objects::ledger::{KeyRecord, Ledger, LedgerStore, Reconciliation, Reservation};
-use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
+use crate::durable_objects::ledger::{
+    KeyRecord, Ledger, LedgerStore, Reconciliation, Remembered, Reservation, IDEMPOTENCY_RETENTION_MS,
+};
+use crate::durable_objects::protocol::{CallResult, LedgerCall, LedgerReply};
 use crate::shell::upstream;
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -23,9 +26,10 @@ use worker::{
 const FLUSH_DELAY_MS: u64 = 100;
 const FLUSH_BATCH: usize = 100;
 const MAX_BACKOFF_MS: u64 = 3_600_000;
-/// First wait before asking a vendor again for a price it has not set (`RECONCILE_BACKOFF_MS`).
-const DEFAULT_RECONCILE_BACKOFF_MS: u64 = 60_000;
-const RECONCILE_TIMEOUT_MS: u64 = 10_000;
+/// First wait before the alarm asks a vendor again, for a price it has not set or an outcome
+/// it has not told (`ALARM_BACKOFF_MS`); it doubles on each try.
+const DEFAULT_ALARM_BACKOFF_MS: u64 = 60_000;
+const ALARM_CALL_TIMEOUT_MS: u64 = 10_000;
 /// How long a revoke waits for calls admitted before it to finish their vendor call.
 const REVOKE_DRAIN_MS: u64 = 35_000;
 
@@ -36,8 +40,11 @@ CREATE TABLE IF NOT EXISTS key_record (
   revoked_at_ms INTEGER, day INTEGER NOT NULL, spent INTEGER NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reservations (
   id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, day INTEGER NOT NULL, method TEXT NOT NULL,
-  path TEXT NOT NULL, started_ms INTEGER NOT NULL, idempotency_key TEXT, unknown INTEGER NOT NULL);
+  path TEXT NOT NULL, started_ms INTEGER NOT NULL, idempotency_key TEXT, replay INTEGER NOT NULL,
+  unresolved TEXT);
 CREATE TABLE IF NOT EXISTS reconciliations (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, record TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_ms);
 CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row TEXT NOT NULL);
 ";
 
@@ -70,8 +77,13 @@ impl DurableObject for VaultKey {
         let revoking = matches!(call, LedgerCall::Revoke);
         // Everything from here to the reply is synchronous: no other call can interleave.
         let (reply, wrote_audit) = self.handle(call)?;
+        let now = Date::now().as_millis();
         if wrote_audit {
-            self.arm(Some(Date::now().as_millis() + FLUSH_DELAY_MS)).await?;
+            self.arm(Some(now + FLUSH_DELAY_MS)).await?;
+        }
+        if matches!(reply, LedgerReply::Reserved { .. }) {
+            // Should its Worker never report back, the alarm sweeps the hold to unknown.
+            self.arm(Some(now + self.stale_after_ms())).await?;
         }
         if revoking && matches!(reply, LedgerReply::State { .. }) {
             self.drain_in_flight().await;
@@ -86,7 +98,12 @@ impl DurableObject for VaultKey {
             console_error!("audit flush to D1 failed, rows kept in the outbox: {e}");
         }
         self.flush_failures.set(if flushed.is_ok() { 0 } else { self.flush_failures.get().saturating_add(1) });
+        let stale_after = self.stale_after_ms();
+        self.with_ledger(|ledger, store, now| ledger.sweep_stale(store, now, stale_after).map(|_| ()))?;
         self.reconcile_due().await?;
+        self.replay_due().await?;
+        let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
+        self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)])?;
 
         let now = Date::now().as_millis();
         let flush_at = match (self.store().outbox_len()?, self.flush_failures.get()) {
@@ -94,8 +111,8 @@ impl DurableObject for VaultKey {
             (_, 0) => Some(now + FLUSH_DELAY_MS),
             (_, failures) => Some(now + backoff(1_000, failures)),
         };
-        let reconcile_at = self.ledger.borrow().as_ref().and_then(Ledger::next_reconciliation_at);
-        self.arm(earliest(flush_at, reconcile_at)).await?;
+        let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(stale_after));
+        self.arm(earliest(flush_at, ledger_at)).await?;
         Response::ok("")
     }
 }
@@ -135,11 +152,13 @@ impl VaultKey {
         Ok(match call {
             LedgerCall::Create { .. } => unreachable!("handled above"),
             LedgerCall::Reserve(reserve) => match ledger.reserve(store, now, reserve)? {
-                Ok((r, units)) => LedgerReply::Reserved {
-                    reservation_id: r.id,
-                    amount: r.amount,
-                    units,
+                Ok(admitted) => LedgerReply::Reserved {
+                    reservation_id: admitted.reservation.id,
+                    amount: admitted.reservation.amount,
+                    units: admitted.units,
                     remaining: ledger.remaining(),
+                    idempotency_key: admitted.idempotency_key,
+                    replay: admitted.reservation.replay,
                 },
                 Err(error) => LedgerReply::Denied { error },
             },
@@ -152,7 +171,33 @@ impl VaultKey {
                 ledger.revoke(store, now)?;
                 LedgerReply::State { state: ledger_state(ledger, now, store)? }
             }
+            LedgerCall::Refresh { ttl_secs } => match ledger.refresh(store, now, ttl_secs)? {
+                Ok(()) => LedgerReply::State { state: ledger_state(ledger, now, store)? },
+                Err(error) => LedgerReply::Denied { error },
+            },
         })
+    }
+
+    /// Runs `f` on the loaded ledger, if this object holds a key.
+    fn with_ledger<T: Default>(&self, f: impl FnOnce(&mut Ledger, &SqlStore, u64) -> Result<T>) -> Result<T> {
+        let store = self.store();
+        let mut slot = self.ledger.borrow_mut();
+        match slot.as_mut() {
+            Some(ledger) => f(ledger, &store, Date::now().as_millis()),
+            None => Ok(T::default()),
+        }
+    }
+
+    /// After how long a held call whose Worker has not reported back counts as lost: twice
+    /// the upstream timeout, by which time any live Worker has given up on the vendor.
+    fn stale_after_ms(&self) -> u64 {
+        2 * upstream::timeout_ms(&self.env) + 1_000
+    }
+
+    fn alarm_backoff_ms(&self) -> u64 {
+        upstream::env_value(&self.env, "ALARM_BACKOFF_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_ALARM_BACKOFF_MS)
     }
 
     /// Sets the alarm for `at` unless it is already set for an earlier time.
@@ -179,9 +224,9 @@ impl VaultKey {
         }
     }
 
-    /// Copies outbox rows to D1, oldest first. Upserting on the row id makes a repeated copy
-    /// harmless and lets a reconciled row replace its estimate; rows leave the outbox only
-    /// after D1 has them.
+    /// Copies outbox rows to D1, oldest first. Each row is a whole snapshot keyed by its id, so
+    /// a repeated copy is harmless and a later snapshot (a reconciled price, a resolved
+    /// outcome) replaces the earlier one. Rows leave the outbox only after D1 has them.
     async fn flush_outbox(&self) -> Result<()> {
         let db = self.env.d1("DB")?;
         loop {
@@ -193,12 +238,10 @@ impl VaultKey {
                 .iter()
                 .map(|(_, row)| {
                     db.prepare(
-                        "INSERT INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, status, \
-                         decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, \
+                        "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
+                         status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, \
                          latency_ms, estimated_micros, reconciled_at_ms) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
-                         ON CONFLICT (id) DO UPDATE SET cost_micros = excluded.cost_micros, \
-                         estimated_micros = excluded.estimated_micros, reconciled_at_ms = excluded.reconciled_at_ms",
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     )
                     .bind(&audit_values(row))
                 })
@@ -217,12 +260,10 @@ impl VaultKey {
             None => return Ok(()),
         };
         let Some(reconciler) = &vendor.spec().reconcile else { return Ok(()) };
-        let first_backoff = upstream::env_value(&self.env, "RECONCILE_BACKOFF_MS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_RECONCILE_BACKOFF_MS);
+        let first_backoff = self.alarm_backoff_ms();
         for rec in due {
             let answer =
-                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, None, None, RECONCILE_TIMEOUT_MS)
+                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, &[], None, ALARM_CALL_TIMEOUT_MS)
                     .await;
             let poll = match &answer {
                 Ok(a) if (200..300).contains(&a.status) => (reconciler.read_price)(&a.body),
@@ -238,6 +279,52 @@ impl VaultKey {
                     ledger.reconcile_later(&store, now, rec.id, backoff(first_backoff, rec.attempts))?
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl VaultKey {
+    /// Sends each due ambiguous call again, under its original `Idempotency-Key`: the vendor
+    /// either replays the first outcome or runs the call now, once. Either way the answer
+    /// settles the hold. A 409 (the first call still running), a 429 or a 5xx tells nothing
+    /// yet, so it is tried again later.
+    async fn replay_due(&self) -> Result<()> {
+        let (due, vendor) = match self.ledger.borrow().as_ref() {
+            Some(ledger) => (ledger.due_replays(Date::now().as_millis()), ledger.vendor()),
+            None => return Ok(()),
+        };
+        let first_backoff = self.alarm_backoff_ms();
+        for (id, replay) in due {
+            let body = Some(replay.body.clone().into_bytes());
+            let path = &replay.path_and_query;
+            let answer = upstream::send(
+                &self.env,
+                vendor.spec(),
+                Method::Post,
+                path,
+                &replay.headers,
+                body,
+                ALARM_CALL_TIMEOUT_MS,
+            )
+            .await;
+            self.with_ledger(|ledger, store, now| {
+                let held = ledger.held(id);
+                match answer {
+                    Ok(a) if (200..300).contains(&a.status) => {
+                        let settled = cost::settle(vendor, replay.settlement, held, &a.body);
+                        let result = CallResult::Settled { cost: settled.cost };
+                        ledger.resolve(store, now, id, result, Some(a.status), settled.vendor_object_id)
+                    }
+                    Ok(a) if (400..500).contains(&a.status) && a.status != 409 && a.status != 429 => {
+                        ledger.resolve(store, now, id, CallResult::Released, Some(a.status), None)
+                    }
+                    _ => {
+                        let attempts = ledger.attempts(id);
+                        ledger.resolve_later(store, now, id, backoff(first_backoff, attempts))
+                    }
+                }
+            })?;
         }
         Ok(())
     }
@@ -302,9 +389,8 @@ impl LedgerStore for SqlStore {
     fn put_key(&self, key: &KeyRecord) -> Result<()> {
         let config = serde_json::to_string(&key.config)?;
         self.sql.exec(
-            "INSERT INTO key_record (id, config, secret_hash, revoked_at_ms, day, spent, seq) VALUES (1, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET revoked_at_ms = excluded.revoked_at_ms, day = excluded.day, \
-             spent = excluded.spent, seq = excluded.seq",
+            "INSERT OR REPLACE INTO key_record (id, config, secret_hash, revoked_at_ms, day, spent, seq) \
+             VALUES (1, ?, ?, ?, ?, ?, ?)",
             vec![
                 config.into(),
                 key.secret_hash.0.clone().into(),
@@ -317,10 +403,20 @@ impl LedgerStore for SqlStore {
         Ok(())
     }
 
-    fn put_reservation(&self, r: &Reservation) -> Result<()> {
+    fn put_counters(&self, key: &KeyRecord) -> Result<()> {
         self.sql.exec(
-            "INSERT OR REPLACE INTO reservations (id, amount, day, method, path, started_ms, idempotency_key, unknown) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "UPDATE key_record SET revoked_at_ms = ?, day = ?, spent = ?, seq = ? WHERE id = 1",
+            vec![key.revoked_at_ms.map(|t| t as i64).into(), int(key.day), int(key.spent.0), int(key.seq)],
+        )?;
+        Ok(())
+    }
+
+    fn put_reservation(&self, r: &Reservation) -> Result<()> {
+        let unresolved = r.unknown.as_ref().map(serde_json::to_string).transpose()?;
+        self.sql.exec(
+            "INSERT OR REPLACE INTO reservations \
+             (id, amount, day, method, path, started_ms, idempotency_key, replay, unresolved) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
                 int(r.id),
                 int(r.amount.0),
@@ -329,7 +425,8 @@ impl LedgerStore for SqlStore {
                 r.path.clone().into(),
                 int(r.started_ms),
                 r.idempotency_key.clone().into(),
-                int(u64::from(r.unknown)),
+                int(u64::from(r.replay)),
+                unresolved.into(),
             ],
         )?;
         Ok(())
@@ -359,6 +456,24 @@ impl LedgerStore for SqlStore {
         self.sql.exec("DELETE FROM reconciliations WHERE id = ?", vec![int(id)])?;
         Ok(())
     }
+
+    fn get_idempotency(&self, key: &str) -> Result<Option<Remembered>> {
+        #[derive(Deserialize)]
+        struct RecordRow {
+            record: String,
+        }
+        let rows: Vec<RecordRow> =
+            self.sql.exec("SELECT record FROM idempotency_keys WHERE key = ?", vec![key.into()])?.to_array()?;
+        rows.first().map(|r| serde_json::from_str(&r.record)).transpose().map_err(Into::into)
+    }
+
+    fn put_idempotency(&self, r: &Remembered) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO idempotency_keys (key, record, created_ms) VALUES (?, ?, ?)",
+            vec![r.key.clone().into(), serde_json::to_string(r)?.into(), int(r.created_ms)],
+        )?;
+        Ok(())
+    }
 }
 
 impl SqlStore {
@@ -381,7 +496,8 @@ impl SqlStore {
             path: String,
             started_ms: u64,
             idempotency_key: Option<String>,
-            unknown: u8,
+            replay: u8,
+            unresolved: Option<String>,
         }
         #[derive(Deserialize)]
         struct RecordRow {
@@ -401,16 +517,22 @@ impl SqlStore {
             seq: k.seq,
         };
         let rows: Vec<ReservationRow> = self.sql.exec("SELECT * FROM reservations", None)?.to_array()?;
-        let open = rows.into_iter().map(|r| Reservation {
-            id: r.id,
-            amount: Micros(r.amount),
-            day: r.day,
-            method: r.method,
-            path: r.path,
-            started_ms: r.started_ms,
-            idempotency_key: r.idempotency_key,
-            unknown: r.unknown != 0,
-        });
+        let open = rows
+            .into_iter()
+            .map(|r| {
+                Ok(Reservation {
+                    id: r.id,
+                    amount: Micros(r.amount),
+                    day: r.day,
+                    method: r.method,
+                    path: r.path,
+                    started_ms: r.started_ms,
+                    idempotency_key: r.idempotency_key,
+                    replay: r.replay != 0,
+                    unknown: r.unresolved.as_deref().map(serde_json::from_str).transpose()?,
+                })
+            })
+            .collect::<serde_json::Result<Vec<_>>>()?;
         let records: Vec<RecordRow> = self.sql.exec("SELECT record FROM reconciliations", None)?.to_array()?;
         let reconciling = records
             .iter()

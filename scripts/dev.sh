@@ -45,6 +45,6 @@ cat <<MSG
     export KEYBRAKE_API_KEY=$(value KEYBRAKE_API_KEY)
 
 MSG
-# Quick price-reconciliation polls, so the Twilio walk-through shows real prices at once.
+# Quick alarm retries, so the Twilio walk-through shows real prices at once.
 wrangler dev --ip 127.0.0.1 --port 8787 --show-interactive-dev-session=false \
-  --var RECONCILE_BACKOFF_MS:1000 "${vars[@]}"
+  --var ALARM_BACKOFF_MS:1000 "${vars[@]}"

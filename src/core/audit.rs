@@ -17,6 +17,9 @@ pub enum Outcome {
     Unknown,
     /// Keybrake refused the call; nothing was sent.
     Denied,
+    /// A repeat of a settled call under the same `Idempotency-Key`: the vendor replayed its
+    /// answer, nothing new was debited.
+    Replayed,
 }
 
 impl Outcome {
@@ -26,6 +29,7 @@ impl Outcome {
             Outcome::Released => "released",
             Outcome::Unknown => "unknown",
             Outcome::Denied => "denied",
+            Outcome::Replayed => "replayed",
         }
     }
 }
@@ -199,7 +203,7 @@ mod tests {
         assert!(json.contains(r#""ts":"1970-01-01T00:00:01.000Z""#), "{json}");
         assert!(json.contains(r#""cost_usd":1.5"#), "{json}");
         assert!(json.contains(r#""outcome":"settled""#), "{json}");
-        for o in [Outcome::Settled, Outcome::Released, Outcome::Unknown, Outcome::Denied] {
+        for o in [Outcome::Settled, Outcome::Released, Outcome::Unknown, Outcome::Denied, Outcome::Replayed] {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }
     }

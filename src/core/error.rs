@@ -34,6 +34,10 @@ pub enum ProxyError {
     NotFound,
     MethodNotAllowed,
     Conflict(String),
+    /// The same `Idempotency-Key` is on a call still in flight.
+    IdempotencyInFlight,
+    /// The same `Idempotency-Key` was used for a different method or path.
+    IdempotencyMismatch,
     VendorUnreachable,
     /// Nothing was sent: the vendor's credential is not configured.
     VendorNotConfigured,
@@ -50,7 +54,8 @@ impl ProxyError {
             ProxyError::NotFound => 404,
             ProxyError::UnsupportedMediaType(_) => 415,
             ProxyError::MethodNotAllowed => 405,
-            ProxyError::Conflict(_) => 409,
+            ProxyError::Conflict(_) | ProxyError::IdempotencyInFlight => 409,
+            ProxyError::IdempotencyMismatch => 422,
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
             ProxyError::CapExhausted { .. } => 429,
             ProxyError::Internal => 500,
@@ -76,6 +81,8 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => "unsupported_media_type",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Conflict(_) => "conflict",
+            ProxyError::IdempotencyInFlight => "idempotency_in_flight",
+            ProxyError::IdempotencyMismatch => "idempotency_mismatch",
             ProxyError::VendorUnreachable => "vendor_unreachable",
             ProxyError::VendorNotConfigured => "vendor_not_configured",
             ProxyError::Internal => "internal_error",
@@ -100,6 +107,12 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(expected) => format!("This endpoint takes {expected} bodies."),
             ProxyError::MethodNotAllowed => "Method not allowed on this route.".into(),
             ProxyError::Conflict(why) => why.clone(),
+            ProxyError::IdempotencyInFlight => {
+                "A call with this Idempotency-Key is still in flight; retry once it has finished.".into()
+            }
+            ProxyError::IdempotencyMismatch => {
+                "This Idempotency-Key was already used for a different method or path.".into()
+            }
             ProxyError::VendorUnreachable => {
                 "The vendor could not be reached; the call may or may not have taken effect.".into()
             }

@@ -118,6 +118,23 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
     Ok(NewKey { vendor, daily_cap, max_per_call, allowed_endpoints, ttl_secs, agent_run_label })
 }
 
+/// Parses a `POST /vault/keys/{id}/refresh` body: `{"expires_in": "2h"}`, default 1 h.
+pub fn parse_refresh(body: &[u8]) -> Result<u64, ProxyError> {
+    let bad = |msg: String| ProxyError::InvalidRequest(msg);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DEFAULT_TTL_SECS);
+    }
+    let fields: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
+    if let Some(unknown) = fields.keys().find(|k| k.as_str() != "expires_in") {
+        return Err(bad(format!("unknown field {unknown:?}; the only field is expires_in")));
+    }
+    match fields.get("expires_in") {
+        None | Some(serde_json::Value::Null) => Ok(DEFAULT_TTL_SECS),
+        Some(value) => parse_ttl(value).map_err(|e| bad(format!("expires_in {e}"))),
+    }
+}
+
 /// A key's live state, as its Durable Object reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
@@ -128,6 +145,8 @@ pub struct KeyState {
     pub audit_pending: u64,
     /// Estimated costs still waiting for the vendor's real price.
     pub reconciling: u64,
+    /// Calls whose outcome is still unknown; their money stays held.
+    pub unresolved: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -177,6 +196,7 @@ pub struct KeyView<'a> {
     pub allowed_endpoints: &'a [String],
     pub audit_pending: u64,
     pub reconciling: u64,
+    pub unresolved: u64,
     /// How far real prices that came in above their estimates pushed today's spend past the cap.
     #[serde(with = "usd")]
     pub over_cap_usd: Micros,
@@ -201,6 +221,7 @@ impl<'a> KeyView<'a> {
             allowed_endpoints: &c.allowed_endpoints,
             audit_pending: state.audit_pending,
             reconciling: state.reconciling,
+            unresolved: state.unresolved,
             over_cap_usd: state.spent.saturating_sub(c.daily_cap),
         }
     }
@@ -310,6 +331,16 @@ mod tests {
     }
 
     #[test]
+    fn refresh_bodies() {
+        assert_eq!(parse_refresh(br#"{"expires_in": "2h"}"#), Ok(7_200));
+        assert_eq!(parse_refresh(b""), Ok(DEFAULT_TTL_SECS));
+        assert_eq!(parse_refresh(b"{}"), Ok(DEFAULT_TTL_SECS));
+        for bad in [&br#"{"expires_in": "31d"}"#[..], br#"{"ttl": "2h"}"#, b"[]", b"2h"] {
+            assert_eq!(parse_refresh(bad).unwrap_err().kind(), "invalid_request");
+        }
+    }
+
+    #[test]
     fn a_label_of_exactly_256_characters_is_accepted() {
         let label = "é".repeat(256);
         let body = format!(
@@ -331,6 +362,7 @@ mod tests {
             reserved: Micros(4),
             audit_pending: 0,
             reconciling: 0,
+            unresolved: 0,
         };
         assert_eq!(state.status(60_999), KeyStatus::Active);
         assert_eq!(state.status(61_000), KeyStatus::Expired);

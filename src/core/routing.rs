@@ -9,6 +9,7 @@ pub enum Route<'a> {
     IssueKey,
     GetKey(&'a str),
     RevokeKey(&'a str),
+    RefreshKey(&'a str),
     Audit,
     Proxy { vendor: Option<Vendor>, path: &'a str },
     NotFound,
@@ -34,6 +35,8 @@ fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
         ("GET", ["keys", id]) => Route::GetKey(id),
         ("DELETE", ["keys", id]) => Route::RevokeKey(id),
         (_, ["keys", _]) => Route::MethodNotAllowed,
+        ("POST", ["keys", id, "refresh"]) => Route::RefreshKey(id),
+        (_, ["keys", _, "refresh"]) => Route::MethodNotAllowed,
         ("GET", ["audit"]) => Route::Audit,
         (_, ["audit"]) => Route::MethodNotAllowed,
         _ => Route::NotFound,
@@ -54,6 +57,8 @@ mod tests {
         assert_eq!(route("GET", "/vault/audit"), Route::Audit);
         assert_eq!(route("GET", "/vault"), Route::NotFound);
         assert_eq!(route("GET", "/vault/keys/abc/def"), Route::NotFound);
+        assert_eq!(route("POST", "/vault/keys/abc/refresh"), Route::RefreshKey("abc"));
+        assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/vault/other"), Route::NotFound);
     }
 

@@ -3,7 +3,7 @@
 
 use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView};
 use crate::core::error::ProxyError;
-use crate::core::keys::{parse_new_key, IssuedKeyView, KeyView, MAX_BODY_BYTES};
+use crate::core::keys::{parse_new_key, parse_refresh, IssuedKeyView, KeyView, MAX_BODY_BYTES};
 use crate::core::money::Micros;
 use crate::core::token::{self, bearer_matches, SECRET_BYTES};
 use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
@@ -96,18 +96,29 @@ pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
         _ => return Err(ProxyError::Internal),
     };
     let revoked_at_ms = state.revoked_at_ms.unwrap_or_else(now_ms);
-    let update = db(env)?
-        .prepare("UPDATE vault_keys SET revoked_at_ms = ?1 WHERE key_id = ?2")
-        .bind(&[num(revoked_at_ms), key_id.into()]);
-    if let Err(e) = match update {
-        Ok(statement) => statement.run().await.map(|_| ()),
-        Err(e) => Err(e),
-    } {
-        // The object already refuses the key; a stale registry row only affects listing.
-        worker::console_error!("registry revoke update failed: {e}");
-    }
+    update_registry(env, "revoked_at_ms", revoked_at_ms, key_id).await;
     let view = KeyView::new(&state, now_ms());
     json(&serde_json::json!({"key_id": key_id, "status": view.status, "revoked_at": view.revoked_at}), 200)
+}
+
+/// `POST /vault/keys/{id}/refresh`: a long run outlives its key, so extend it in place
+/// rather than issue a new one (which would start a fresh cap).
+pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> Answer {
+    authorize(&req, env)?;
+    let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
+    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ProxyError::InvalidRequest(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+    }
+    let ttl_secs = parse_refresh(&body)?;
+    let state = match ledger.call(&LedgerCall::Refresh { ttl_secs }).await? {
+        LedgerReply::State { state } => state,
+        LedgerReply::Denied { error } => return Err(error),
+        LedgerReply::NotFound => return Err(ProxyError::NotFound),
+        _ => return Err(ProxyError::Internal),
+    };
+    update_registry(env, "expires_at_ms", state.config.expires_at_ms, key_id).await;
+    json(&KeyView::new(&state, now_ms()), 200)
 }
 
 /// `GET /vault/audit?key_id=...` or `?agent_run_label=...`
@@ -155,6 +166,22 @@ pub async fn audit(req: &Request, env: &Env) -> Answer {
         calls: rows.iter().map(AuditView::from).collect(),
     };
     json(&page, 200)
+}
+
+/// Copies a change the key's object has already made to the D1 registry. The object is the
+/// authority, so a failure here is logged, not answered: it only leaves the listing stale.
+async fn update_registry(env: &Env, column: &'static str, value: u64, key_id: &str) {
+    let update = async {
+        db(env)
+            .map_err(|_| worker::Error::from("D1 binding"))?
+            .prepare(format!("UPDATE vault_keys SET {column} = ?1 WHERE key_id = ?2"))
+            .bind(&[num(value), key_id.into()])?
+            .run()
+            .await
+    };
+    if let Err(e) = update.await {
+        worker::console_error!("registry update of {column} failed: {e}");
+    }
 }
 
 fn num(n: u64) -> JsValue {

@@ -20,6 +20,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Route::IssueKey => admin::issue_key(req, &env).await,
         Route::GetKey(id) => admin::get_key(&req, &env, id).await,
         Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
+        Route::RefreshKey(id) => admin::refresh_key(req, &env, id).await,
         Route::Audit => admin::audit(&req, &env).await,
         Route::Proxy { vendor, path } => return proxy::forward(req, &env, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
@@ -51,8 +52,10 @@ pub fn error_response(e: &ProxyError, shape: ErrorShape) -> Result<Response> {
         headers.set("x-keybrake-cap-hit", "true")?;
         headers.set("retry-after", &retry_after_secs.to_string())?;
     }
-    if !matches!(e, ProxyError::VendorUnreachable | ProxyError::Internal) {
-        // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to.
+    // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to. The
+    // exceptions may succeed later: a vendor that was unreachable, and a call whose
+    // Idempotency-Key is still in flight (a retry then gets the first call's answer).
+    if !matches!(e, ProxyError::VendorUnreachable | ProxyError::Internal | ProxyError::IdempotencyInFlight) {
         headers.set("stripe-should-retry", "false")?;
     }
     Ok(Response::from_bytes(e.body_as(shape).into_bytes())?.with_status(e.status()).with_headers(headers))

@@ -7,7 +7,7 @@ use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::money::Micros;
 use crate::core::token::{basic_password, VaultToken};
 use crate::core::vendor::Vendor;
-use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, ReserveCall};
+use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
 use crate::shell::ledger_client::LedgerClient;
 use crate::shell::upstream::{self, env_value, NoAnswer};
 use crate::shell::{error_response, internal, now_ms};
@@ -81,6 +81,7 @@ async fn proxy(
     };
     let settlement = price.as_ref().map_or(Settlement::Free, |p| p.settlement);
     let per_unit = matches!(price, Ok(cost::Price { quote: Quote::PerUnit { .. }, .. }));
+    let mut headers = upstream::allowed_headers(spec, req.headers());
 
     // 2. Reserve: every check and the hold happen in one step inside the key's object.
     let reserve = ReserveCall {
@@ -90,15 +91,23 @@ async fn proxy(
         path: path.clone(),
         price: price.map(|p| p.quote),
         idempotency_key: req.headers().get("idempotency-key").ok().flatten(),
+        idempotent: spec.idempotency && method == Method::Post,
     };
-    let (reservation_id, held, units, remaining) = match ledger.call(&LedgerCall::Reserve(reserve)).await? {
-        LedgerReply::Reserved { reservation_id, amount, units, remaining } => {
-            (reservation_id, amount, units, remaining)
-        }
-        LedgerReply::Denied { error } => return Err(error),
-        LedgerReply::NotFound => return Err(ProxyError::InvalidKey),
-        _ => return Err(ProxyError::Internal),
-    };
+    let (reservation_id, held, units, remaining, idempotency_key) =
+        match ledger.call(&LedgerCall::Reserve(reserve)).await? {
+            LedgerReply::Reserved { reservation_id, amount, units, remaining, idempotency_key, .. } => {
+                (reservation_id, amount, units, remaining, idempotency_key)
+            }
+            LedgerReply::Denied { error } => return Err(error),
+            LedgerReply::NotFound => return Err(ProxyError::InvalidKey),
+            _ => return Err(ProxyError::Internal),
+        };
+    if let Some(key) = &idempotency_key {
+        // The client's own key, or one made up from the reservation: a retry under it cannot
+        // be charged twice.
+        headers.retain(|(name, _)| name != "idempotency-key");
+        headers.push(("idempotency-key".into(), key.clone()));
+    }
     if per_unit {
         // Bound the call to what was held: Twilio ends it after TimeLimit seconds.
         body.extend_from_slice(format!("&TimeLimit={}", units * 60).as_bytes());
@@ -108,16 +117,12 @@ async fn proxy(
     let started = now_ms();
     let url = req.inner().url();
     let query = url.find('?').map_or("", |i| &url[i..]);
-    let sent = upstream::send(
-        env,
-        spec,
-        method,
-        &format!("{path}{query}"),
-        Some(req.headers()),
-        Some(body),
-        upstream::timeout_ms(env),
-    )
-    .await;
+    let path_and_query = format!("{path}{query}");
+    // Kept only if the outcome turns out unknown, to send the call again under the same key.
+    let replay_body =
+        (spec.idempotency && idempotency_key.is_some()).then(|| String::from_utf8(body.clone()).ok()).flatten();
+    let sent =
+        upstream::send(env, spec, method, &path_and_query, &headers, Some(body), upstream::timeout_ms(env)).await;
 
     // 4. Settle: debit what the vendor reports, release on a definite refusal, hold otherwise.
     let (result, vendor_object_id) = match &sent {
@@ -133,6 +138,10 @@ async fn proxy(
         (Settlement::Estimate { reconcile: true }, Some(reconciler), Some(id)) => (reconciler.poll_path)(&path, id),
         _ => None,
     };
+    let replay = match (result, replay_body) {
+        (CallResult::Unknown, Some(body)) => Some(Replay { path_and_query, headers, body, settlement }),
+        _ => None,
+    };
     let finish = FinishCall {
         reservation_id,
         result,
@@ -140,6 +149,7 @@ async fn proxy(
         vendor_object_id,
         latency_ms: now_ms() - started,
         reconcile_path,
+        replay,
     };
     let remaining = settled_remaining(&ledger, finish, remaining).await;
 
@@ -156,6 +166,9 @@ async fn proxy(
     let set = |name: &str, value: &str| headers.set(name, value).map_err(internal("set response header"));
     set("x-keybrake-key-id", token.key_id)?;
     set("x-keybrake-remaining-usd", &remaining.to_usd_string())?;
+    if let Some(key) = &idempotency_key {
+        set("x-keybrake-idempotency-key", key)?;
+    }
     Ok(Response::from_bytes(answer.body)
         .map_err(internal("response body"))?
         .with_status(answer.status)

@@ -18,6 +18,14 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// The client's headers that the vendor's allowlist lets through, lower-case names.
+pub fn allowed_headers(spec: &VendorSpec, client: &Headers) -> Vec<(String, String)> {
+    spec.request_headers
+        .iter()
+        .filter_map(|name| client.get(name).ok().flatten().map(|value| (name.to_string(), value)))
+        .collect()
+}
+
 /// A Worker var or secret by name: what vendor modules read price tables and ids from.
 pub fn env_value(env: &Env, name: &str) -> Option<String> {
     env.var(name).map(|v| v.to_string()).or_else(|_| env.secret(name).map(|s| s.to_string())).ok()
@@ -43,29 +51,26 @@ pub async fn send(
     spec: &VendorSpec,
     method: Method,
     path_and_query: &str,
-    client_headers: Option<&Headers>,
+    headers: &[(String, String)],
     body: Option<Vec<u8>>,
     timeout_ms: u64,
 ) -> Result<Answer, NoAnswer> {
     let origin = env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
     let url = format!("{}{path_and_query}", origin.trim_end_matches('/'));
 
-    let headers = Headers::new();
-    if let Some(client) = client_headers {
-        for name in spec.request_headers {
-            if let Ok(Some(value)) = client.get(name) {
-                headers.set(name, &value).map_err(|_| NoAnswer::NotSent)?;
-            }
-        }
+    let outgoing = Headers::new();
+    for (name, value) in headers {
+        outgoing.set(name, value).map_err(|_| NoAnswer::NotSent)?;
     }
     let Some(authorization) = credential(env, spec) else {
         console_error!("{} credentials are not set", spec.name);
         return Err(NoAnswer::NotSent);
     };
-    headers.set("authorization", &authorization).map_err(|_| NoAnswer::NotSent)?;
+    // Set last, so nothing a client sent can stand in for it.
+    outgoing.set("authorization", &authorization).map_err(|_| NoAnswer::NotSent)?;
 
     let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers).with_redirect(RequestRedirect::Manual);
+    init.with_method(method).with_headers(outgoing).with_redirect(RequestRedirect::Manual);
     if let Some(body) = body.filter(|b| !b.is_empty()) {
         init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
     }

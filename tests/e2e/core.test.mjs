@@ -299,7 +299,7 @@ test("malformed and forged tokens get 401 and create no Durable Object or D1 sta
   assert.equal(countObjectFiles(kb.persistDir), objectsBefore, "no Durable Object was created");
 });
 
-test("vendor declines release the hold; vendor 5xx and timeouts keep it as unknown", async () => {
+test("a vendor decline releases the hold, and its own error passes through", async () => {
   const runLabel = label("outcomes");
   const key = await kb.issueKey({ daily_usd_cap: 10, agent_run_label: runLabel });
   const post = () =>
@@ -311,40 +311,22 @@ test("vendor declines release the hold; vendor 5xx and timeouts keep it as unkno
   kb.stripe.misbehave(402);
   const declined = await post();
   assert.equal(declined.status, 402);
-  assert.equal(declined.json.error.code, "card_declined", "the vendor's own error passes through");
-  let state = (await kb.call("GET", `/vault/keys/${key.key_id}`)).json;
+  assert.equal(declined.json.error.code, "card_declined");
+  const state = await kb.key(key);
   assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 0]);
-
-  kb.stripe.misbehave(500);
-  const failed = await post();
-  assert.equal(failed.status, 500);
-  state = (await kb.call("GET", `/vault/keys/${key.key_id}`)).json;
-  assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 2], "a 5xx may have charged: the hold stays");
-
-  kb.stripe.misbehave("hang");
-  const hung = await post();
-  assert.equal(hung.status, 502);
-  assert.equal(hung.json.error.type, "vendor_unreachable");
-  state = (await kb.call("GET", `/vault/keys/${key.key_id}`)).json;
-  assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 4]);
 
   const ok = await post();
   assert.equal(ok.status, 200);
-  assert.equal(ok.headers.get("x-keybrake-remaining-usd"), "4");
+  assert.equal(ok.headers.get("x-keybrake-remaining-usd"), "8");
 
-  const audit = await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 4);
-  assert.deepEqual(
-    audit.calls.map((c) => [c.status, c.outcome]),
-    [[402, "released"], [500, "unknown"], [null, "unknown"], [200, "settled"]],
-  );
+  const audit = await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 2);
+  assert.deepEqual(audit.calls.map((c) => [c.status, c.outcome]), [[402, "released"], [200, "settled"]]);
   assert.equal(audit.total_usd, 2);
-  const settled = audit.calls[3];
+  const settled = audit.calls[1];
   assert.match(settled.vendor_object_id, /^pi_fake/);
-  assert.equal(settled.cost_usd, 2);
-  assert.equal(settled.reserved_usd, 2);
-  assert.equal(settled.method, "POST");
-  assert.equal(settled.path, "/v1/payment_intents");
+  assert.deepEqual([settled.cost_usd, settled.reserved_usd, settled.method, settled.path], [2, 2, "POST", "/v1/payment_intents"]);
   assert.ok(settled.latency_ms >= 0);
+  assert.equal(settled.idempotency_key, ok.headers.get("x-keybrake-idempotency-key"));
   for (const row of audit.calls) {
     assert.equal(row.agent_run_label, runLabel);
     assert.ok(!JSON.stringify(row).includes(key.vault_key.slice(-43)), "no secret in audit rows");

@@ -58,7 +58,7 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
       RESEND_API_KEY,
       RESEND_API_BASE: resend.url,
       UPSTREAM_TIMEOUT_MS: "2000",
-      RECONCILE_BACKOFF_MS: "100",
+      ALARM_BACKOFF_MS: "100",
       ...vars,
     },
     host: "127.0.0.1",
@@ -70,9 +70,10 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
   const db = await mf.getD1Database("DB");
   for (const statement of migrationStatements()) await db.prepare(statement).run();
 
-  async function call(method, path, { body, token = ADMIN_KEY, headers = {} } = {}) {
+  async function call(method, path, { body, token = ADMIN_KEY, headers = {}, signal } = {}) {
     const res = await fetch(url + path, {
       method,
+      signal,
       headers: {
         ...(token ? { authorization: `Bearer ${token}` } : {}),
         ...(body !== undefined ? { "content-type": "application/json" } : {}),

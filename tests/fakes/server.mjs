@@ -23,13 +23,15 @@ export async function startRecordingServer({ port = 0, handle }) {
         body: Buffer.concat(chunks).toString("utf8"),
       };
       requests.push(record);
+      const behaviour = queue.shift();
+      // The vendor does its work first; a "hang" or "reset" then loses the answer, as a
+      // network fault after the vendor has acted would.
       const send = (status, payload, headers = {}) => {
+        if (behaviour === "hang") return; // never answers: the proxy's timeout must fire
+        if (behaviour === "reset") return req.socket.destroy();
         res.writeHead(status, { "content-type": "application/json", "request-id": `req_${nextRequestId++}`, ...headers });
         res.end(JSON.stringify(payload));
       };
-      const behaviour = queue.shift();
-      if (behaviour === "hang") return; // never answers: the proxy's timeout must fire
-      if (behaviour === "reset") return req.socket.destroy();
       handle(record, send, behaviour);
     });
   });
@@ -39,7 +41,10 @@ export async function startRecordingServer({ port = 0, handle }) {
     url: `http://127.0.0.1:${address.port}`,
     port: address.port,
     requests,
-    /** Make the next request misbehave: a status the vendor fake understands, "hang" or "reset". */
+    /**
+     * Make the next request misbehave: a status the vendor fake understands (429 refuses
+     * before acting; 500 acts, then fails to say so), or "hang" / "reset" after acting.
+     */
     misbehave(behaviour) {
       queue.push(behaviour);
     },

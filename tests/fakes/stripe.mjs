@@ -38,11 +38,12 @@ export async function startStripeFake({ port = 0, secret = null } = {}) {
           customer: form.get("customer"),
           status: kind === "payment_intents" ? "requires_payment_method" : "succeeded",
         };
-        charges.push({ id: payload.id, amount, currency: payload.currency });
+        charges.push({ id: payload.id, amount, currency: payload.currency, idempotencyKey: idemKey });
         if (behaviour === 500) {
-          // Charged, then failed to say so: the proxy cannot know the outcome.
-          status = 500;
-          payload = { error: { type: "api_error", message: "An unknown error occurred" } };
+          // Charged and stored, then an error in front of the API loses the answer: a
+          // replay under the same key returns the stored success.
+          if (idemKey) idempotent.set(idemKey, { status, payload });
+          return send(500, { error: { type: "api_error", message: "An unknown error occurred" } });
         }
       } else if (record.method === "GET" && record.path.startsWith("/v1/")) {
         payload = { id: record.path.split("/").pop(), object: "unknown" };

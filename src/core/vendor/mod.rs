@@ -42,6 +42,10 @@ pub struct VendorSpec {
     /// Lower-case request headers passed upstream. Everything else is dropped; the credential
     /// is set after these, so a client can never supply it.
     pub request_headers: &'static [&'static str],
+    /// The vendor honours `Idempotency-Key` on POSTs: a repeat under the same key cannot run
+    /// twice. Keybrake then supplies a key when the client sent none, and resolves ambiguous
+    /// outcomes by sending the call again.
+    pub idempotency: bool,
     /// Lower-case response headers passed back to the client.
     pub response_headers: &'static [&'static str],
     /// First match wins; a call no rule matches is refused as `cost_unknown`.

@@ -16,6 +16,7 @@ pub const SPEC: VendorSpec = VendorSpec {
     default_origin: "https://api.resend.com",
     credential: Credential::Bearer { secret: "RESEND_API_KEY" },
     request_headers: &["accept", "content-type", "idempotency-key", "user-agent"],
+    idempotency: true,
     response_headers: &["content-type", "retry-after", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"],
     cost_rules: COST_RULES,
     upstream_path: same_path,

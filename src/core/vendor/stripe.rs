@@ -15,6 +15,7 @@ pub const SPEC: VendorSpec = VendorSpec {
     default_origin: "https://api.stripe.com",
     credential: Credential::Bearer { secret: "STRIPE_SECRET_KEY" },
     request_headers: &["accept", "content-type", "idempotency-key", "stripe-version", "user-agent"],
+    idempotency: true,
     response_headers: &[
         "content-type",
         "idempotent-replayed",

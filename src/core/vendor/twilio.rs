@@ -21,6 +21,7 @@ pub const SPEC: VendorSpec = VendorSpec {
     default_origin: "https://api.twilio.com",
     credential: Credential::Basic { user: "TWILIO_ACCOUNT_SID", password: "TWILIO_AUTH_TOKEN" },
     request_headers: &["accept", "content-type", "user-agent"],
+    idempotency: false,
     response_headers: &["content-type", "twilio-request-id", "retry-after"],
     cost_rules: COST_RULES,
     upstream_path,

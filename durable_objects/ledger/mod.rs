@@ -1,0 +1,623 @@
+//! The per-key ledger: the state one `VaultKey` Durable Object guards.
+//!
+//! Every method is synchronous and runs to completion before the next call is delivered, so a
+//! check and the debit it guards can never interleave with another request. Each change is
+//! written through a [`LedgerStore`] in the same step, audit row included, so a crash leaves
+//! either all of it or none.
+//!
+//! - this module: reserve, finish, revoke, refresh, the daily window and `Idempotency-Key`s;
+//! - [`late`]: what is learned after a call has returned: real prices published later,
+//!   ambiguous outcomes resolved by replay, calls whose Worker never reported back.
+
+mod late;
+#[cfg(test)]
+mod tests;
+
+use crate::core::allowlist;
+use crate::core::audit::{AuditRow, Outcome};
+use crate::core::clock::{secs_until_next_utc_day, utc_day, MAX_TTL_SECS, MS_PER_SEC};
+use crate::core::cost::Quote;
+use crate::core::error::ProxyError;
+use crate::core::keys::{KeyConfig, KeyState};
+use crate::core::money::Micros;
+use crate::core::token::SecretHash;
+use crate::durable_objects::protocol::{CallResult, FinishCall, Replay, ReserveCall};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use late::{Reconciliation, RECONCILE_GIVE_UP_MS};
+
+/// How long an `Idempotency-Key` is remembered: the vendors' own retention (Stripe, Resend).
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3_600_000;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The durable part of a key other than its open reservations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub config: KeyConfig,
+    pub secret_hash: SecretHash,
+    pub revoked_at_ms: Option<u64>,
+    /// The UTC day `spent` belongs to.
+    pub day: u64,
+    pub spent: Micros,
+    /// Source of reservation ids and audit row ids; never reused.
+    pub seq: u64,
+}
+
+/// Money held for a call that has been let through and not yet finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: u64,
+    pub amount: Micros,
+    /// The UTC day whose cap this reservation counts against.
+    pub day: u64,
+    pub method: String,
+    pub path: String,
+    pub started_ms: u64,
+    pub idempotency_key: Option<String>,
+    /// A repeat of a settled call: it debits nothing, whatever the vendor answers.
+    pub replay: bool,
+    /// Set once the call ended ambiguously; the money stays held until it is resolved.
+    pub unknown: Option<Unresolved>,
+}
+
+/// What the ledger keeps about a call whose outcome is unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unresolved {
+    /// The call's audit row, sent again with the real outcome once it is known.
+    pub row: AuditRow,
+    /// The request, to send again under the same `Idempotency-Key`. `None` when the vendor
+    /// has no idempotency (Twilio) or the Worker never reported back: the hold then stays
+    /// and the key's state counts it as unresolved.
+    pub replay: Option<Replay>,
+    pub attempts: u32,
+    pub next_at_ms: u64,
+}
+
+/// An `Idempotency-Key` the ledger has seen on this vault key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub key: String,
+    pub method: String,
+    pub path: String,
+    /// The reservation that holds, or held, the call's money.
+    pub reservation_id: u64,
+    pub state: KeyUse,
+    pub status: Option<u16>,
+    pub cost: Micros,
+    pub vendor_object_id: Option<String>,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyUse {
+    InFlight,
+    Settled,
+    Released,
+    Unknown,
+}
+
+/// Where the ledger's state lives. The Durable Object implements it on its SQLite storage;
+/// tests use [`MemoryStore`].
+pub trait LedgerStore {
+    type Error;
+    /// Writes the whole record: at creation, and when the config changes (refresh).
+    fn put_key(&self, key: &KeyRecord) -> Result<(), Self::Error>;
+    /// Writes the record's counters (revocation, day, spend, sequence).
+    fn put_counters(&self, key: &KeyRecord) -> Result<(), Self::Error>;
+    fn put_reservation(&self, r: &Reservation) -> Result<(), Self::Error>;
+    fn delete_reservation(&self, id: u64) -> Result<(), Self::Error>;
+    /// Appends to the audit outbox, from which rows are copied to D1. A row with an id already
+    /// sent replaces it there (a reconciled cost, a resolved outcome).
+    fn append_audit(&self, row: &AuditRow) -> Result<(), Self::Error>;
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error>;
+    fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error>;
+    /// Looked up on demand, so thousands of remembered keys cost nothing until used.
+    fn get_idempotency(&self, key: &str) -> Result<Option<Remembered>, Self::Error>;
+    fn put_idempotency(&self, r: &Remembered) -> Result<(), Self::Error>;
+}
+
+/// A call the ledger let through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub reservation: Reservation,
+    /// For a per-unit quote, how many units the hold buys.
+    pub units: u64,
+    /// The key to send upstream as `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    key: KeyRecord,
+    open: BTreeMap<u64, Reservation>,
+    reconciling: BTreeMap<u64, Reconciliation>,
+    /// Sum of open reservations made on `key.day`.
+    reserved_today: Micros,
+}
+
+impl Ledger {
+    pub fn create<S: LedgerStore>(store: &S, config: KeyConfig, secret_hash: SecretHash) -> Result<Ledger, S::Error> {
+        let day = utc_day(config.created_at_ms);
+        let key = KeyRecord { config, secret_hash, revoked_at_ms: None, day, spent: Micros::ZERO, seq: 0 };
+        store.put_key(&key)?;
+        Ok(Ledger { key, open: BTreeMap::new(), reconciling: BTreeMap::new(), reserved_today: Micros::ZERO })
+    }
+
+    /// Rebuilds the ledger from what a store holds.
+    pub fn load(
+        key: KeyRecord,
+        open: impl IntoIterator<Item = Reservation>,
+        reconciling: impl IntoIterator<Item = Reconciliation>,
+    ) -> Ledger {
+        let open: BTreeMap<u64, Reservation> = open.into_iter().map(|r| (r.id, r)).collect();
+        let reconciling = reconciling.into_iter().map(|r| (r.id, r)).collect();
+        let mut ledger = Ledger { key, open, reconciling, reserved_today: Micros::ZERO };
+        ledger.recount_reserved();
+        ledger
+    }
+
+    pub fn vendor(&self) -> crate::core::vendor::Vendor {
+        self.key.config.vendor
+    }
+
+    /// Runs the contract's checks in order and, if all pass, holds the price against today's cap.
+    /// A refusal of an authenticated call is audited; a failed authentication writes nothing.
+    pub fn reserve<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        call: ReserveCall,
+    ) -> Result<Result<Admitted, ProxyError>, S::Error> {
+        if call.vendor != self.key.config.vendor || !self.key.secret_hash.matches(&call.secret_hash) {
+            return Ok(Err(ProxyError::InvalidKey));
+        }
+        self.roll_day(now_ms);
+        let seq = self.next_seq();
+        let admitted = match self.check_key(now_ms, &call) {
+            Err(error) => Err(error),
+            Ok(()) => match self.recall(store, now_ms, &call)? {
+                Some(seen) if seen.method != call.method || seen.path != call.path => {
+                    Err(ProxyError::IdempotencyMismatch)
+                }
+                Some(seen) if seen.state == KeyUse::InFlight => Err(ProxyError::IdempotencyInFlight),
+                // Replays hold nothing new, so they skip pricing and the cap.
+                Some(seen) if seen.state == KeyUse::Settled => Ok(self.admit_replay(seq, now_ms, &call, seen)),
+                Some(seen) if seen.state == KeyUse::Unknown && self.open.contains_key(&seen.reservation_id) => {
+                    Ok(self.admit_retry_of_unknown(store, now_ms, seen)?)
+                }
+                _ => match self.check_price(now_ms, &call) {
+                    Ok((amount, units)) => Ok(self.admit(store, seq, now_ms, &call, amount, units)?),
+                    Err(error) => Err(error),
+                },
+            },
+        };
+        match admitted {
+            Ok(admitted) => {
+                store.put_counters(&self.key)?;
+                store.put_reservation(&admitted.reservation)?;
+                Ok(Ok(admitted))
+            }
+            Err(error) => {
+                let row = self.audit_row(seq, now_ms, &call.method, &call.path, call.idempotency_key);
+                store.put_counters(&self.key)?;
+                store.append_audit(&AuditRow { status: Some(error.status()), decision: error.kind().into(), ..row })?;
+                Ok(Err(error))
+            }
+        }
+    }
+
+    /// What is remembered about the call's `Idempotency-Key`, within the vendor's retention.
+    fn recall<S: LedgerStore>(
+        &self,
+        store: &S,
+        now_ms: u64,
+        call: &ReserveCall,
+    ) -> Result<Option<Remembered>, S::Error> {
+        match (&call.idempotency_key, call.idempotent) {
+            (Some(key), true) => {
+                Ok(store.get_idempotency(key)?.filter(|r| now_ms < r.created_ms + IDEMPOTENCY_RETENTION_MS))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A new call: hold its price, and remember its `Idempotency-Key` (made up if need be).
+    fn admit<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        seq: u64,
+        now_ms: u64,
+        call: &ReserveCall,
+        amount: Micros,
+        units: u64,
+    ) -> Result<Admitted, S::Error> {
+        let idempotency_key = match (call.idempotent, &call.idempotency_key) {
+            (true, None) => Some(format!("kb_{}_{seq}", self.key.config.key_id)),
+            (_, key) => key.clone(),
+        };
+        let reservation = Reservation {
+            id: seq,
+            amount,
+            day: self.key.day,
+            method: call.method.clone(),
+            path: call.path.clone(),
+            started_ms: now_ms,
+            idempotency_key: idempotency_key.clone(),
+            replay: false,
+            unknown: None,
+        };
+        if let (true, Some(key)) = (call.idempotent, &idempotency_key) {
+            store.put_idempotency(&Remembered {
+                key: key.clone(),
+                method: reservation.method.clone(),
+                path: reservation.path.clone(),
+                reservation_id: seq,
+                state: KeyUse::InFlight,
+                status: None,
+                cost: Micros::ZERO,
+                vendor_object_id: None,
+                created_ms: now_ms,
+            })?;
+        }
+        self.reserved_today = self.reserved_today.checked_add(amount).unwrap_or(Micros(u64::MAX));
+        self.open.insert(reservation.id, reservation.clone());
+        Ok(Admitted { reservation, units, idempotency_key })
+    }
+
+    /// The key's call was settled: forward so the vendor replays its stored answer, holding
+    /// nothing, since the money was debited the first time.
+    fn admit_replay(&mut self, seq: u64, now_ms: u64, call: &ReserveCall, seen: Remembered) -> Admitted {
+        let reservation = Reservation {
+            id: seq,
+            amount: Micros::ZERO,
+            day: self.key.day,
+            method: call.method.clone(),
+            path: call.path.clone(),
+            started_ms: now_ms,
+            idempotency_key: Some(seen.key.clone()),
+            replay: true,
+            unknown: None,
+        };
+        self.open.insert(reservation.id, reservation.clone());
+        Admitted { reservation, units: 1, idempotency_key: Some(seen.key) }
+    }
+
+    /// The key's call ended ambiguously and its hold is still open: this retry, under the same
+    /// key, will learn the outcome (the vendor replays it or runs the call once). It takes over
+    /// the original hold instead of adding another.
+    fn admit_retry_of_unknown<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        seen: Remembered,
+    ) -> Result<Admitted, S::Error> {
+        let mut reservation = self.open[&seen.reservation_id].clone();
+        reservation.unknown = None;
+        reservation.started_ms = now_ms;
+        store.put_idempotency(&Remembered { state: KeyUse::InFlight, ..seen.clone() })?;
+        self.open.insert(reservation.id, reservation.clone());
+        Ok(Admitted { reservation, units: 1, idempotency_key: Some(seen.key) })
+    }
+
+    /// The contract's checks 2 to 4: revocation, expiry, the allowlist.
+    fn check_key(&self, now_ms: u64, call: &ReserveCall) -> Result<(), ProxyError> {
+        let config = &self.key.config;
+        if self.key.revoked_at_ms.is_some() {
+            return Err(ProxyError::KeyRevoked);
+        }
+        if now_ms >= config.expires_at_ms {
+            return Err(ProxyError::KeyExpired);
+        }
+        if !allowlist::allows(&config.allowed_endpoints, &call.method, &call.path) {
+            return Err(ProxyError::EndpointNotAllowed);
+        }
+        if call.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
+            return Err(ProxyError::InvalidRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The contract's checks 5 to 8: the price, the per-call limit, the daily cap. Returns the
+    /// amount to hold and, for a per-unit quote, how many units it buys.
+    fn check_price(&self, now_ms: u64, call: &ReserveCall) -> Result<(Micros, u64), ProxyError> {
+        let config = &self.key.config;
+        let cap_hit = || ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) };
+        let available = config.daily_cap.saturating_sub(self.key.spent).saturating_sub(self.reserved_today);
+        match call.price.clone()? {
+            Quote::Fixed { amount } => {
+                if config.max_per_call.is_some_and(|max| amount > max) {
+                    return Err(ProxyError::PerCallLimit);
+                }
+                if amount > available {
+                    return Err(cap_hit());
+                }
+                Ok((amount, 1))
+            }
+            Quote::PerUnit { unit, max_units } => {
+                if config.max_per_call.is_some_and(|max| unit > max) {
+                    return Err(ProxyError::PerCallLimit);
+                }
+                let budget = config.max_per_call.map_or(available, |max| max.min(available));
+                let units = budget.0.checked_div(unit.0).map_or(max_units, |u| u.min(max_units));
+                if units == 0 {
+                    return Err(cap_hit());
+                }
+                Ok((Micros(unit.0 * units), units))
+            }
+        }
+    }
+
+    /// Records how a reserved call ended and writes its audit row. Finishing a reservation that
+    /// is no longer in flight (a repeated report) changes nothing.
+    pub fn finish<S: LedgerStore>(&mut self, store: &S, now_ms: u64, call: FinishCall) -> Result<(), S::Error> {
+        self.roll_day(now_ms);
+        let Some(r) = self.open.get(&call.reservation_id).filter(|r| r.unknown.is_none()).cloned() else {
+            return Ok(());
+        };
+        let seq = self.next_seq();
+        let mut row = AuditRow {
+            status: call.status,
+            decision: "forwarded".into(),
+            reserved_micros: r.amount.0,
+            outcome: call.result.outcome(),
+            vendor_object_id: call.vendor_object_id.clone(),
+            latency_ms: Some(call.latency_ms),
+            ..self.audit_row(seq, now_ms, &r.method, &r.path, r.idempotency_key.clone())
+        };
+        if r.replay {
+            // The money moved the first time; whatever the vendor says now, debit nothing.
+            row.outcome = Outcome::Replayed;
+            store.put_counters(&self.key)?;
+            store.delete_reservation(r.id)?;
+            store.append_audit(&row)?;
+            self.open.remove(&r.id);
+            return Ok(());
+        }
+        if call.result == CallResult::Unknown {
+            let unresolved = Unresolved { row: row.clone(), replay: call.replay, attempts: 0, next_at_ms: now_ms };
+            self.remember(store, &r, KeyUse::Unknown, call.status, Micros::ZERO, None)?;
+            self.hold_as_unknown(store, r, unresolved)?;
+            return Ok(());
+        }
+        let cost = match call.result {
+            CallResult::Settled { cost } => cost,
+            _ => Micros::ZERO,
+        };
+        row.cost_micros = cost.0;
+        let state = if call.result == CallResult::Released { KeyUse::Released } else { KeyUse::Settled };
+        self.remember(store, &r, state, call.status, cost, call.vendor_object_id)?;
+        self.close(store, &r, cost)?;
+        match late::reconciliation_for(&r, &call.result, call.reconcile_path, now_ms, &row) {
+            Some(rec) => {
+                store.append_audit(&rec.row)?;
+                store.put_reconciliation(&rec)?;
+                self.reconciling.insert(rec.id, rec);
+            }
+            None => store.append_audit(&row)?,
+        }
+        Ok(())
+    }
+
+    /// Debits `cost` to the reservation's day and drops the hold.
+    fn close<S: LedgerStore>(&mut self, store: &S, r: &Reservation, cost: Micros) -> Result<(), S::Error> {
+        if r.day == self.key.day {
+            self.key.spent = self.key.spent.checked_add(cost).unwrap_or(Micros(u64::MAX));
+            self.reserved_today = self.reserved_today.saturating_sub(r.amount);
+        }
+        store.put_counters(&self.key)?;
+        store.delete_reservation(r.id)?;
+        self.open.remove(&r.id);
+        Ok(())
+    }
+
+    /// Keeps the hold of a call whose outcome is unknown.
+    fn hold_as_unknown<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        r: Reservation,
+        unresolved: Unresolved,
+    ) -> Result<(), S::Error> {
+        let held = Reservation { unknown: Some(unresolved), ..r };
+        store.put_counters(&self.key)?;
+        store.put_reservation(&held)?;
+        if let Some(u) = &held.unknown {
+            store.append_audit(&u.row)?;
+        }
+        self.open.insert(held.id, held);
+        Ok(())
+    }
+
+    /// Updates what is remembered about the reservation's `Idempotency-Key`, if it has one.
+    fn remember<S: LedgerStore>(
+        &self,
+        store: &S,
+        r: &Reservation,
+        state: KeyUse,
+        status: Option<u16>,
+        cost: Micros,
+        vendor_object_id: Option<String>,
+    ) -> Result<(), S::Error> {
+        let Some(key) = &r.idempotency_key else { return Ok(()) };
+        let Some(seen) = store.get_idempotency(key)? else { return Ok(()) };
+        if seen.reservation_id != r.id {
+            return Ok(());
+        }
+        store.put_idempotency(&Remembered { state, status, cost, vendor_object_id, ..seen })
+    }
+
+    /// Revokes the key. Idempotent: a second revoke keeps the first time.
+    pub fn revoke<S: LedgerStore>(&mut self, store: &S, now_ms: u64) -> Result<u64, S::Error> {
+        if let Some(at) = self.key.revoked_at_ms {
+            return Ok(at);
+        }
+        self.key.revoked_at_ms = Some(now_ms);
+        store.put_counters(&self.key)?;
+        Ok(now_ms)
+    }
+
+    /// Moves an active key's expiry to `ttl_secs` from now, within 30 days of its creation.
+    pub fn refresh<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        ttl_secs: u64,
+    ) -> Result<Result<(), ProxyError>, S::Error> {
+        if self.key.revoked_at_ms.is_some() {
+            return Ok(Err(ProxyError::Conflict("This vault key is revoked; issue a new one.".into())));
+        }
+        if now_ms >= self.key.config.expires_at_ms {
+            return Ok(Err(ProxyError::Conflict("This vault key has expired; issue a new one.".into())));
+        }
+        let expires_at_ms = now_ms + ttl_secs * MS_PER_SEC;
+        if expires_at_ms > self.key.config.created_at_ms + MAX_TTL_SECS * MS_PER_SEC {
+            return Ok(Err(ProxyError::InvalidRequest(
+                "expires_in would take the key past 30 days from its creation".into(),
+            )));
+        }
+        self.key.config.expires_at_ms = expires_at_ms;
+        store.put_key(&self.key)?;
+        Ok(Ok(()))
+    }
+
+    /// Calls let through whose vendor call has not finished.
+    pub fn in_flight(&self) -> usize {
+        self.open.values().filter(|r| r.unknown.is_none()).count()
+    }
+
+    pub fn state(&mut self, now_ms: u64, audit_pending: u64) -> KeyState {
+        self.roll_day(now_ms);
+        KeyState {
+            config: self.key.config.clone(),
+            revoked_at_ms: self.key.revoked_at_ms,
+            spent: self.key.spent,
+            reserved: self.reserved_today,
+            audit_pending,
+            reconciling: self.reconciling.len() as u64,
+            unresolved: self.open.values().filter(|r| r.unknown.is_some()).count() as u64,
+        }
+    }
+
+    pub fn remaining(&self) -> Micros {
+        self.key.config.daily_cap.saturating_sub(self.key.spent).saturating_sub(self.reserved_today)
+    }
+
+    /// At 00:00 UTC the day's spend starts again from zero. Reservations still open from an
+    /// earlier day settle into that day, not into today's cap.
+    fn roll_day(&mut self, now_ms: u64) {
+        let today = utc_day(now_ms);
+        if today > self.key.day {
+            self.key.day = today;
+            self.key.spent = Micros::ZERO;
+            self.recount_reserved();
+        }
+    }
+
+    fn recount_reserved(&mut self) {
+        let day = self.key.day;
+        self.reserved_today = self
+            .open
+            .values()
+            .filter(|r| r.day == day)
+            .fold(Micros::ZERO, |sum, r| sum.checked_add(r.amount).unwrap_or(Micros(u64::MAX)));
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.key.seq += 1;
+        self.key.seq
+    }
+
+    fn audit_row(&self, seq: u64, now_ms: u64, method: &str, path: &str, idempotency_key: Option<String>) -> AuditRow {
+        let config = &self.key.config;
+        AuditRow {
+            id: format!("{}-{seq:010}", config.key_id),
+            ts_ms: now_ms,
+            key_id: config.key_id.clone(),
+            agent_run_label: config.agent_run_label.clone(),
+            vendor: config.vendor.name().into(),
+            method: method.into(),
+            path: path.into(),
+            status: None,
+            decision: String::new(),
+            reserved_micros: 0,
+            cost_micros: 0,
+            outcome: Outcome::Denied,
+            vendor_object_id: None,
+            idempotency_key,
+            latency_ms: None,
+            estimated_micros: None,
+            reconciled_at_ms: None,
+        }
+    }
+}
+
+/// An in-memory [`LedgerStore`] for tests: it keeps exactly what a real store would.
+#[derive(Default, Debug)]
+pub struct MemoryStore {
+    pub key: std::cell::RefCell<Option<KeyRecord>>,
+    pub reservations: std::cell::RefCell<BTreeMap<u64, Reservation>>,
+    pub audit: std::cell::RefCell<Vec<AuditRow>>,
+    pub reconciliations: std::cell::RefCell<BTreeMap<u64, Reconciliation>>,
+    pub idempotency: std::cell::RefCell<BTreeMap<String, Remembered>>,
+}
+
+impl LedgerStore for MemoryStore {
+    type Error = std::convert::Infallible;
+    fn put_key(&self, key: &KeyRecord) -> Result<(), Self::Error> {
+        *self.key.borrow_mut() = Some(key.clone());
+        Ok(())
+    }
+    fn put_counters(&self, key: &KeyRecord) -> Result<(), Self::Error> {
+        let mut stored = self.key.borrow_mut();
+        if let Some(stored) = stored.as_mut() {
+            // Only the counters: a config change that skipped `put_key` would be lost.
+            stored.revoked_at_ms = key.revoked_at_ms;
+            stored.day = key.day;
+            stored.spent = key.spent;
+            stored.seq = key.seq;
+        }
+        Ok(())
+    }
+    fn put_reservation(&self, r: &Reservation) -> Result<(), Self::Error> {
+        self.reservations.borrow_mut().insert(r.id, r.clone());
+        Ok(())
+    }
+    fn delete_reservation(&self, id: u64) -> Result<(), Self::Error> {
+        self.reservations.borrow_mut().remove(&id);
+        Ok(())
+    }
+    fn append_audit(&self, row: &AuditRow) -> Result<(), Self::Error> {
+        self.audit.borrow_mut().push(row.clone());
+        Ok(())
+    }
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error> {
+        self.reconciliations.borrow_mut().insert(r.id, r.clone());
+        Ok(())
+    }
+    fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error> {
+        self.reconciliations.borrow_mut().remove(&id);
+        Ok(())
+    }
+    fn get_idempotency(&self, key: &str) -> Result<Option<Remembered>, Self::Error> {
+        Ok(self.idempotency.borrow().get(key).cloned())
+    }
+    fn put_idempotency(&self, r: &Remembered) -> Result<(), Self::Error> {
+        self.idempotency.borrow_mut().insert(r.key.clone(), r.clone());
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// The ledger a fresh object would load from this store.
+    pub fn reload(&self) -> Option<Ledger> {
+        let key = self.key.borrow().clone()?;
+        Some(Ledger::load(
+            key,
+            self.reservations.borrow().values().cloned(),
+            self.reconciliations.borrow().values().cloned(),
+        ))
+    }
+}
