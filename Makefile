@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e test dev clean
+.PHONY: all tools build lint unit e2e test dev clean bench bench-smoke
 
 all: build
 
@@ -43,10 +43,16 @@ unit:
 e2e: build
 	node --test --test-concurrency=1 tests/e2e/
 
-test: lint unit e2e
+test: lint unit e2e bench-smoke
 
 dev: build
 	./scripts/dev.sh
 
 clean:
 	rm -rf build target node_modules .wrangler
+
+bench: build
+	node bench/run.mjs
+
+bench-smoke: build
+	node bench/run.mjs --smoke

@@ -1,0 +1,408 @@
+// The measurements. Each takes the bench context (see run.mjs), records correctness checks,
+// and returns plain figures for results.json. Timing is reported, never asserted.
+import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
+import { gzipSync } from "node:zlib";
+import { boundedPool, keepAliveAgent, timedRequest } from "./client.mjs";
+import { auditLabel, keysLabel, ROWS_PER_LABEL, seedAuditTo, seedKeysTo } from "./seed.mjs";
+import { round, rounded, summarize } from "./stats.mjs";
+
+const PAYMENT_INTENTS = "/v1/payment_intents";
+// Calls sent straight to the fake carry their own token, so the fake's count of calls bearing
+// the real secret is exactly what the proxy forwarded.
+const DIRECT_TOKEN = "sk_test_bench_direct_0000000000000000";
+
+/** A request promise that never rejects: a failure becomes `{ status: 0, error }`. */
+const attempt = (promise) => promise.catch((e) => ({ status: 0, error: e.message, ms: NaN, headers: {}, body: "" }));
+
+const formHeaders = (token, extra = {}) => ({
+  authorization: `Bearer ${token}`,
+  "content-type": "application/x-www-form-urlencoded",
+  ...extra,
+});
+
+/** A POST /v1/payment_intents, timed. */
+const paymentIntent = (baseUrl, agent, token, body, extraHeaders) =>
+  timedRequest(baseUrl, { agent, method: "POST", path: PAYMENT_INTENTS, headers: formHeaders(token, extraHeaders), body });
+
+/** Counts answers by status, for check details. */
+function statusTally(results) {
+  const tally = {};
+  for (const r of results) tally[r.status] = (tally[r.status] ?? 0) + 1;
+  return JSON.stringify(tally);
+}
+
+/** Latency summary of every call that got an answer. */
+const answeredLatency = (results) => rounded(summarize(results.filter((r) => r.status > 0).map((r) => r.ms)));
+
+/**
+ * Opens `n` keep-alive connections on `agent` with cheap unauthenticated calls (401), so a
+ * burst measures the proxy rather than hundreds of TCP handshakes queuing in a listen backlog.
+ */
+async function openConnections(ctx, agent, n) {
+  const answers = await Promise.all(
+    Array.from({ length: n }, () => attempt(timedRequest(ctx.url, { agent, method: "POST", path: "/vault/keys" }))),
+  );
+  return answers.filter((a) => a.status === 401).length;
+}
+
+/** CPU ms per call of each process over an interval, and how busy workerd kept one core. */
+function cpuFigures(cpu, calls, wallMs) {
+  if (!cpu) return {};
+  const perCall = Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, round(v / calls)]));
+  return { cpu_ms_per_call: perCall, workerd_busy_pct: round((100 * cpu.workerd) / wallMs, 1) };
+}
+
+async function forwardedAtFake(ctx) {
+  const counts = await ctx.fake.counts();
+  return counts.intents[`Bearer ${ctx.secret}`] ?? 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. Warm-up, not reported: the first few hundred calls run slower while V8 tiers up the wasm
+//    and JavaScript and workerd opens its databases. Measured first, they would inflate the
+//    small end of every growth ratio and hide growth. Everything it writes to D1 is removed,
+//    so the growth phases still see exactly the rows they seed.
+
+export async function warmUp(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, queries, issues } = cfg.warmup;
+  const label = "bench/warmup";
+  const deadline = ctx.deadline(cfg.budgets.warmup);
+  const key = await ctx.issueKey({ daily_usd_cap: 1_000_000, agent_run_label: label });
+  const agent = keepAliveAgent(1);
+  let forwarded = 0;
+  for (let i = 0; i < calls && performance.now() < deadline; i++) {
+    const res = await attempt(paymentIntent(ctx.url, agent, key.vault_key, "amount=150&currency=usd"));
+    if (res.status === 200) forwarded++;
+  }
+  agent.destroy();
+  const path = `/vault/audit?agent_run_label=${encodeURIComponent(label)}`;
+  for (let i = 0; i < queries && performance.now() < deadline; i++) await ctx.admin("GET", path);
+  for (let i = 0; i < issues && performance.now() < deadline; i++) await ctx.issueKey({ agent_run_label: label });
+
+  const audit = await ctx.auditUntil(label, (page) => page.count >= forwarded, cfg.budgets.auditDrain);
+  await ctx.db.batch([
+    ctx.db.prepare("DELETE FROM audit WHERE agent_run_label = ?").bind(label),
+    ctx.db.prepare("DELETE FROM vault_keys WHERE agent_run_label = ?").bind(label),
+  ]);
+  checks.check(
+    `warm-up: ${calls} proxied calls answered 200 and their audit rows arrived`,
+    forwarded === calls && audit?.count === forwarded,
+    `${forwarded} answered 200, ${audit?.count} audit rows`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Added latency: the same call through the proxy and straight to the fake, one at a time.
+
+export async function latency(ctx) {
+  const { cfg, checks } = ctx;
+  const { warmup, calls } = cfg.latency;
+  const key = await ctx.issueKey({ daily_usd_cap: 1_000_000, agent_run_label: "bench/latency" });
+  const body = "amount=150&currency=usd";
+  const agents = { proxy: keepAliveAgent(1), direct: keepAliveAgent(1) };
+  const send = {
+    proxy: () => paymentIntent(ctx.url, agents.proxy, key.vault_key, body),
+    direct: () => paymentIntent(ctx.fake.url, agents.direct, DIRECT_TOKEN, body),
+  };
+
+  const deadline = ctx.deadline(cfg.budgets.latency);
+  const samples = { proxy: [], direct: [] };
+  const failures = { proxy: 0, direct: 0 };
+  const started = performance.now();
+  ctx.cpu?.start();
+  let i = 0;
+  for (; i < warmup + calls && performance.now() < deadline; i++) {
+    // Alternate which side goes first, so neither always runs right after the other.
+    for (const side of i % 2 ? ["direct", "proxy"] : ["proxy", "direct"]) {
+      const res = await attempt(send[side]());
+      if (res.status !== 200) failures[side]++;
+      else if (i >= warmup) samples[side].push(res.ms);
+    }
+  }
+  const cpu = ctx.cpu?.stop();
+  const wallMs = performance.now() - started;
+  agents.proxy.destroy();
+  agents.direct.destroy();
+
+  const measured = Math.max(0, i - warmup);
+  checks.check("latency: every proxied call answered 200", failures.proxy === 0, `${failures.proxy} failed`);
+  checks.check("latency: every direct call answered 200", failures.direct === 0, `${failures.direct} failed`);
+  if (cfg.strictCounts) {
+    checks.check(`latency: all ${calls} calls measured within the time budget`, measured === calls, `${measured} measured`);
+  }
+  const proxy = summarize(samples.proxy);
+  const direct = summarize(samples.direct);
+  const added = (p) => round(proxy[p] - direct[p]);
+  return {
+    warmup_calls: warmup,
+    calls: measured,
+    concurrency: 1,
+    direct: rounded(direct),
+    proxy: rounded(proxy),
+    added: { p50: added("p50"), p90: added("p90"), p99: added("p99"), mean: added("mean") },
+    // Per iteration, that is one proxied and one direct call: the fake and the client serve both.
+    ...cpuFigures(cpu, i, wallMs),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Same-key burst: every call at once on one key whose cap admits exactly `admits` of them.
+
+export async function sameKeyBurst(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, admits, amountCents } = cfg.burst;
+  const capUsd = (admits * amountCents) / 100;
+  const label = "bench/burst";
+  const key = await ctx.issueKey({ daily_usd_cap: capUsd, agent_run_label: label });
+  const agent = keepAliveAgent(calls);
+  const opened = await openConnections(ctx, agent, calls);
+  await ctx.fake.reset();
+
+  const body = `amount=${amountCents}&currency=usd`;
+  ctx.cpu?.start();
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: calls }, () => attempt(paymentIntent(ctx.url, agent, key.vault_key, body))),
+  );
+  const wallMs = performance.now() - started;
+  const cpu = ctx.cpu?.stop();
+  agent.destroy();
+
+  const forwarded = await forwardedAtFake(ctx);
+  const ok = results.filter((r) => r.status === 200).length;
+  const capHit = results.filter((r) => r.status === 429 && r.headers["x-keybrake-cap-hit"] === "true").length;
+  const exact = forwarded === admits;
+  checks.check(`burst: exactly ${admits} of ${calls} calls reached the vendor`, exact, `${forwarded} counted at the fake`);
+  checks.check(
+    `burst: ${admits} answered 200 and ${calls - admits} answered 429 with x-keybrake-cap-hit`,
+    ok === admits && capHit === calls - admits,
+    statusTally(results),
+  );
+
+  const state = await ctx.admin("GET", `/vault/keys/${key.key_id}`);
+  checks.check(
+    `burst: the key's spent_usd equals its $${capUsd} cap, nothing held`,
+    state.json?.spent_usd === capUsd && state.json?.reserved_usd === 0,
+    state.body,
+  );
+
+  // Every call, forwarded or refused, must reach the audit trail. Rows arrive off the request
+  // path, so poll (bounded) rather than expect them at once.
+  const audit = await ctx.auditUntil(label, (page) => page.count >= calls, cfg.budgets.auditDrain);
+  checks.check(
+    `burst: audit holds ${calls} rows totalling $${capUsd}`,
+    audit?.count === calls && audit?.total_usd === capUsd,
+    audit ? `count ${audit.count}, total_usd ${audit.total_usd}` : "no answer",
+  );
+
+  return {
+    calls,
+    cap_usd: capUsd,
+    amount_cents: amountCents,
+    connections_opened: opened,
+    expected_forwarded: admits,
+    forwarded_at_fake: forwarded,
+    exact,
+    ok,
+    cap_hit: capHit,
+    other: calls - ok - capHit,
+    wall_ms: round(wallMs),
+    calls_per_s: round(calls / (wallMs / 1000), 1),
+    latency: answeredLatency(results),
+    ...cpuFigures(cpu, calls, wallMs),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Many-key throughput: the same load spread evenly over many keys, none near its cap.
+
+export async function manyKeys(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, keys: keyCount, amountCents } = cfg.manyKeys;
+  const issued = await boundedPool(keyCount, 8, ctx.deadline(cfg.budgets.manyKeysSetup), (i) =>
+    ctx.issueKey({ daily_usd_cap: 1_000, agent_run_label: `bench/many/${String(i).padStart(4, "0")}` }),
+  );
+  checks.check(`many keys: ${keyCount} keys issued`, issued.done === keyCount, `${issued.done} issued`);
+  const keys = issued.results;
+
+  const agent = keepAliveAgent(calls);
+  await openConnections(ctx, agent, calls);
+  await ctx.fake.reset();
+  const body = `amount=${amountCents}&currency=usd`;
+  ctx.cpu?.start();
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: calls }, (_, i) => attempt(paymentIntent(ctx.url, agent, keys[i % keys.length].vault_key, body))),
+  );
+  const wallMs = performance.now() - started;
+  const cpu = ctx.cpu?.stop();
+  agent.destroy();
+
+  const forwarded = await forwardedAtFake(ctx);
+  const ok = results.filter((r) => r.status === 200).length;
+  checks.check(`many keys: all ${calls} calls answered 200`, ok === calls, statusTally(results));
+  checks.check(`many keys: all ${calls} calls reached the vendor once`, forwarded === calls, `${forwarded} at the fake`);
+  return {
+    calls,
+    keys: keys.length,
+    ok,
+    forwarded_at_fake: forwarded,
+    wall_ms: round(wallMs),
+    calls_per_s: round(calls / (wallMs / 1000), 1),
+    latency: answeredLatency(results),
+    ...cpuFigures(cpu, calls, wallMs),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Growth: the same operation timed at a small and a large size of what it might scan.
+
+/** Runs `sample(i)` one at a time, `warmup` untimed runs first; keeps the times `expect` accepts. */
+async function timeSamples({ warmup, samples, deadline, sample, expect }) {
+  const times = [];
+  const bad = [];
+  for (let i = 0; i < warmup + samples && performance.now() < deadline; i++) {
+    const res = await attempt(sample(i));
+    if (!expect(res)) bad.push(`${res.status} ${res.error ?? res.body.slice(0, 120)}`);
+    else if (i >= warmup) times.push(res.ms);
+  }
+  return { times, bad };
+}
+
+function point(label, size, times) {
+  const s = summarize(times);
+  return { label, size, n: s.n, p50: round(s.p50), p90: round(s.p90) };
+}
+
+function growthFigures(points) {
+  const [first, last] = [points[0], points[points.length - 1]];
+  return { points, ratio_p50: round(last.p50 / first.p50, 2), ratio_p90: round(last.p90 / first.p90, 2) };
+}
+
+/** 4a. GET /vault/audit for one 100-row label as the audit table grows. */
+export async function auditQueryGrowth(ctx) {
+  const { cfg, checks } = ctx;
+  const deadline = ctx.deadline(cfg.budgets.auditGrowth);
+  const agent = keepAliveAgent(1);
+  const path = `/vault/audit?agent_run_label=${encodeURIComponent(auditLabel(0))}`;
+  const points = [];
+  for (const size of cfg.growth.auditRows) {
+    const rows = await seedAuditTo(ctx.db, size, { deadline });
+    const { times, bad } = await timeSamples({
+      ...cfg.growth,
+      deadline,
+      sample: () => timedRequest(ctx.url, { agent, path, headers: ctx.adminHeaders }),
+      expect: (res) => {
+        if (res.status !== 200) return false;
+        const page = JSON.parse(res.body);
+        return page.count === ROWS_PER_LABEL && page.calls.length === ROWS_PER_LABEL;
+      },
+    });
+    checks.check(
+      `growth: audit query at ${rows} rows returned the label's ${ROWS_PER_LABEL} rows every time`,
+      bad.length === 0 && rows === size,
+      bad[0] ?? `${rows} rows in D1`,
+    );
+    points.push(point(`${rows.toLocaleString("en-US")} rows in D1`, rows, times));
+  }
+  agent.destroy();
+  return growthFigures(points);
+}
+
+/**
+ * 4b. POST /vault/keys as the registry grows. Each issued key's registry row is deleted after
+ * its sample (untimed), so the registry holds exactly the stated number of keys throughout.
+ */
+export async function issueKeyGrowth(ctx) {
+  const { cfg, checks } = ctx;
+  const deadline = ctx.deadline(cfg.budgets.issueGrowth);
+  const agent = keepAliveAgent(1);
+  const headers = { ...ctx.adminHeaders, "content-type": "application/json" };
+  const body = JSON.stringify({
+    vendor: "stripe",
+    daily_usd_cap: 300,
+    allowed_endpoints: ["POST /v1/payment_intents"],
+    expires_in: "2h",
+    agent_run_label: keysLabel(0),
+  });
+  const points = [];
+  for (const size of cfg.growth.keys) {
+    const rows = await seedKeysTo(ctx.db, size, { deadline });
+    const { times, bad } = await timeSamples({
+      ...cfg.growth,
+      deadline,
+      sample: async () => {
+        const res = await timedRequest(ctx.url, { agent, method: "POST", path: "/vault/keys", headers, body });
+        if (res.status === 201) {
+          await ctx.db.prepare("DELETE FROM vault_keys WHERE key_id = ?").bind(JSON.parse(res.body).key_id).run();
+        }
+        return res;
+      },
+      expect: (res) => res.status === 201,
+    });
+    checks.check(
+      `growth: every key issued with ${rows} keys existing answered 201`,
+      bad.length === 0 && rows === size,
+      bad[0] ?? `${rows} keys in D1`,
+    );
+    points.push(point(`${rows.toLocaleString("en-US")} keys in D1`, rows, times));
+  }
+  agent.destroy();
+  return growthFigures(points);
+}
+
+/** 4c. A proxied call on a key that has already sent N distinct Idempotency-Keys. */
+export async function idempotencyGrowth(ctx) {
+  const { cfg, checks } = ctx;
+  const deadline = ctx.deadline(cfg.budgets.idempotencyGrowth);
+  const body = "amount=100&currency=usd";
+  const points = [];
+  for (const size of cfg.growth.idempotencyKeys) {
+    const key = await ctx.issueKey({ daily_usd_cap: 1_000_000, agent_run_label: `bench/idempotency/${size}` });
+    let n = 0;
+    const nextIdempotencyKey = () => ({ "idempotency-key": `bench-${size}-${String(n++).padStart(6, "0")}` });
+    const call = (agent) => paymentIntent(ctx.url, agent, key.vault_key, body, nextIdempotencyKey());
+
+    // The history: `size` calls with distinct keys, several in flight to keep this quick.
+    const lanes = cfg.growth.historyConcurrency;
+    const historyAgent = keepAliveAgent(lanes);
+    const history = await boundedPool(size, lanes, deadline, () => attempt(call(historyAgent)));
+    historyAgent.destroy();
+    const sent = history.results.filter((r) => r.status === 200).length;
+    checks.check(
+      `growth: ${size} calls with distinct idempotency keys all answered 200`,
+      sent === size,
+      statusTally(history.results),
+    );
+
+    // Let the key's audit outbox drain first, so its flush to D1 does not share the samples' CPU.
+    const drained = await ctx.waitFor(async () => {
+      const state = await ctx.admin("GET", `/vault/keys/${key.key_id}`);
+      return state.json?.audit_pending === 0;
+    }, cfg.budgets.auditDrain);
+    await ctx.quiesce();
+
+    const agent = keepAliveAgent(1);
+    const { times, bad } = await timeSamples({
+      ...cfg.growth,
+      deadline,
+      sample: () => call(agent),
+      expect: (res) => res.status === 200,
+    });
+    agent.destroy();
+    checks.check(`growth: every call after ${sent} idempotency keys answered 200`, bad.length === 0, bad[0] ?? "");
+    const label = `${sent.toLocaleString("en-US")} idempotency keys before`;
+    points.push({ ...point(label, sent, times), outbox_drained: drained });
+  }
+  return growthFigures(points);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Size: the wasm as it ships (Cloudflare limits and transfers the compressed Worker).
+
+export function wasmSize(wasmPath) {
+  const wasm = readFileSync(wasmPath);
+  return { wasm_bytes: wasm.length, wasm_gzip_bytes: gzipSync(wasm, { level: 9 }).length };
+}
