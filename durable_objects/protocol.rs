@@ -106,9 +106,7 @@ pub enum LedgerReply {
     Denied {
         error: ProxyError,
     },
-    Finished {
-        remaining: Micros,
-    },
+    Finished,
     State {
         state: KeyState,
     },

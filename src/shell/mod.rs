@@ -12,7 +12,7 @@ use crate::core::routing::{route, Route};
 use worker::{console_error, event, Context, Env, Headers, Request, Response, Result};
 
 #[event(fetch)]
-pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     console_error_panic_hook::set_once();
     let path = raw_path(&req);
     let method = req.method().to_string();
@@ -22,7 +22,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
         Route::RefreshKey(id) => admin::refresh_key(req, &env, id).await,
         Route::Audit => admin::audit(&req, &env).await,
-        Route::Proxy { vendor, path } => return proxy::forward(req, &env, vendor, path).await,
+        Route::Proxy { vendor, path } => return proxy::forward(req, &env, &ctx, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed => Err(ProxyError::MethodNotAllowed),
     };

@@ -4,23 +4,28 @@
 use crate::core::allowlist::check_canonical_path;
 use crate::core::cost::{self, PriceInput, Quote, Settlement};
 use crate::core::error::{ErrorShape, ProxyError};
-use crate::core::money::Micros;
 use crate::core::token::{basic_password, VaultToken};
 use crate::core::vendor::Vendor;
 use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
 use crate::shell::ledger_client::LedgerClient;
 use crate::shell::upstream::{self, env_value, NoAnswer};
 use crate::shell::{error_response, internal, now_ms};
-use worker::{console_error, Env, Headers, Method, Request, Response, Result};
+use worker::{console_error, Context, Env, Headers, Method, Request, Response, Result};
 
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub async fn forward(req: Request, env: &Env, route_vendor: Option<Vendor>, path: &str) -> Result<Response> {
+pub async fn forward(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    route_vendor: Option<Vendor>,
+    path: &str,
+) -> Result<Response> {
     let presented = vault_key(&req);
     let token = presented.as_deref().and_then(VaultToken::parse);
     // Answer in the shape the caller's SDK reads: the vendor named in the route, else the key's.
     let shape = route_vendor.or(token.as_ref().map(|t| t.vendor)).map_or(ErrorShape::Stripe, |v| v.spec().error_shape);
-    match proxy(req, env, route_vendor, path, token).await {
+    match proxy(req, env, ctx, route_vendor, path, token).await {
         Ok(response) => Ok(response),
         Err(e) => error_response(&e, shape),
     }
@@ -43,6 +48,7 @@ fn vault_key(req: &Request) -> Option<String> {
 async fn proxy(
     mut req: Request,
     env: &Env,
+    ctx: &Context,
     route_vendor: Option<Vendor>,
     path: &str,
     token: Option<VaultToken<'_>>,
@@ -151,7 +157,9 @@ async fn proxy(
         reconcile_path,
         replay,
     };
-    let remaining = settled_remaining(&ledger, finish, remaining).await;
+    // 4b. The vendor has answered: send that answer now and report it to the ledger right
+    //     after. Until the report lands the call's hold still counts, so the cap stays exact.
+    ctx.wait_until(report(ledger, finish));
 
     let answer = sent.map_err(|e| match e {
         NoAnswer::NotSent => ProxyError::VendorNotConfigured,
@@ -175,15 +183,11 @@ async fn proxy(
         .with_headers(headers))
 }
 
-/// Reports how the call ended and returns the key's remaining budget. The vendor has already
-/// answered, so a failure here must not hide that answer: the hold simply stays.
-async fn settled_remaining(ledger: &LedgerClient, finish: FinishCall, before: Micros) -> Micros {
+/// Reports how the call ended. If the report is lost, the hold stays: the key's alarm sweeps
+/// it to an unknown outcome, never to a release.
+async fn report(ledger: LedgerClient, finish: FinishCall) {
     let id = finish.reservation_id;
-    match ledger.call(&LedgerCall::Finish(finish)).await {
-        Ok(LedgerReply::Finished { remaining }) => remaining,
-        _ => {
-            console_error!("settle failed for reservation {id}; the hold stays");
-            before
-        }
+    if !matches!(ledger.call(&LedgerCall::Finish(finish)).await, Ok(LedgerReply::Finished)) {
+        console_error!("settle failed for reservation {id}; the hold stays until the alarm sweeps it");
     }
 }

@@ -133,9 +133,8 @@ test("300 concurrent $1.50 intents against a $300 cap: exactly 200 reach Stripe"
   assert.equal(kb.stripe.requests.length, 200, "exactly 200 creates reached Stripe");
   assert.equal(kb.stripe.charges.reduce((s, c) => s + c.amount, 0), 30_000);
 
-  const state = (await kb.call("GET", `/vault/keys/${key.key_id}`)).json;
+  const state = await kb.settled(key);
   assert.equal(state.spent_usd, 300);
-  assert.equal(state.reserved_usd, 0);
   assert.equal(state.remaining_usd, 0);
 
   const audit = await kb.auditUntil({ agent_run_label: runLabel }, (p) => p.count === 300);
@@ -312,8 +311,8 @@ test("a vendor decline releases the hold, and its own error passes through", asy
   const declined = await post();
   assert.equal(declined.status, 402);
   assert.equal(declined.json.error.code, "card_declined");
-  const state = await kb.key(key);
-  assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 0]);
+  const state = await kb.settled(key);
+  assert.equal(state.spent_usd, 0);
 
   const ok = await post();
   assert.equal(ok.status, 200);

@@ -33,12 +33,7 @@ async function until(what, check, timeoutMs = 15_000) {
   }
 }
 
-/** The key's state once every hold is closed and every audit row has reached D1. */
-const settledState = (key) =>
-  until("holds to close", async () => {
-    const s = await kb.key(key);
-    return s.reserved_usd === 0 && s.unresolved === 0 && s.audit_pending === 0 ? s : null;
-  });
+const settledState = (key) => kb.settled(key);
 
 test("the same Idempotency-Key sent twice in sequence is debited once and replayed by the vendor", async () => {
   const key = await kb.issueKey({ daily_usd_cap: 10 });

@@ -109,6 +109,19 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
     async key(state) {
       return (await call("GET", `/vault/keys/${state.key_id}`)).json;
     },
+    /**
+     * The key's state once every hold is closed and every audit row has reached D1. A call is
+     * answered as soon as the vendor has answered; its settlement lands a moment later.
+     */
+    async settled(state, timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const s = (await call("GET", `/vault/keys/${state.key_id}`)).json;
+        if (s.reserved_usd === 0 && s.unresolved === 0 && s.audit_pending === 0) return s;
+        if (Date.now() > deadline) throw new Error(`holds never closed: ${JSON.stringify(s)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
     async issueKey(overrides = {}) {
       const res = await call("POST", "/vault/keys", {
         body: {

@@ -67,7 +67,7 @@ test("Twilio: parallel sends stop exactly at the cap, then reconcile to Twilio's
   // The alarm polls each message: price null first, then Twilio's figure.
   const state = await until("reconciliation", async () => {
     const s = await kb.key(key);
-    return s.reconciling === 0 && s.audit_pending === 0 ? s : null;
+    return s.reserved_usd === 0 && s.reconciling === 0 && s.audit_pending === 0 ? s : null;
   });
   assert.equal(state.spent_usd, 0.0474, "6 × $0.0079, Twilio's real price");
   assert.equal(state.over_cap_usd, 0);
@@ -133,11 +133,12 @@ test("Twilio: a call without TimeLimit is bounded to the minutes the budget allo
   assert.match(call.sid, /^CA/);
   const seen = new URLSearchParams(kb.twilio.requests.find((r) => r.method === "POST").body);
   assert.equal(seen.get("TimeLimit"), "420", "7 whole minutes at $0.014 fit in $0.10");
-  assert.equal((await kb.key(key)).spent_usd, 0.098, "the estimate is debited first");
+  const first = await kb.key(key);
+  assert.equal(first.spent_usd + first.reserved_usd, 0.098, "the estimate is held, then debited");
 
   const reconciled = await until("call reconciliation", async () => {
     const s = await kb.key(key);
-    return s.reconciling === 0 ? s : null;
+    return s.reserved_usd === 0 && s.reconciling === 0 ? s : null;
   });
   assert.equal(reconciled.spent_usd, 0.013, "then Twilio's real price for the call");
   const second = await client.calls.create({ to: "+14155550100", from: "+15005550006", url: "https://example.test/twiml", timeLimit: 60 });
@@ -170,7 +171,7 @@ test("Resend: parallel sends stop exactly at the cap; batches count every email"
     assert.equal(r.error.statusCode, 429);
   }
   for (const r of kb.resend.requests) assert.equal(r.headers.authorization, `Bearer ${RESEND_API_KEY}`);
-  assert.equal((await kb.key(key)).spent_usd, 0.0045);
+  assert.equal((await kb.settled(key)).spent_usd, 0.0045);
 
   const batchKey = await kb.issueKey({ vendor: "resend", daily_usd_cap: 0.01, allowed_endpoints: ["POST /emails/batch"], agent_run_label: runLabel });
   const batch = await (await resendClient(kb, batchKey.vault_key)).batch.send([
@@ -179,7 +180,7 @@ test("Resend: parallel sends stop exactly at the cap; batches count every email"
     { from: "agent@example.test", to: "d@example.test", cc: "e@example.test", subject: "3", html: "x" },
   ]);
   assert.equal(batch.data.data.length, 3, JSON.stringify(batch));
-  assert.equal((await kb.key(batchKey)).spent_usd, 0.0045, "5 addresses × $0.0009");
+  assert.equal((await kb.settled(batchKey)).spent_usd, 0.0045, "5 addresses × $0.0009");
 
   const audit = await kb.auditUntil({ agent_run_label: runLabel }, (p) => p.count === 13);
   const settled = audit.calls.filter((c) => c.outcome === "settled");
@@ -212,8 +213,8 @@ test("a vendor without its secret answers 503 and holds nothing", async () => {
     assert.equal(res.status, 503);
     assert.equal(res.json.name, "vendor_not_configured");
     assert.equal(bare.resend.requests.length, 0);
-    const state = await bare.key(key);
-    assert.deepEqual([state.spent_usd, state.reserved_usd], [0, 0]);
+    const state = await bare.settled(key);
+    assert.equal(state.spent_usd, 0);
   } finally {
     await bare.close();
   }
