@@ -128,7 +128,10 @@ async function startKeybrake(fake) {
     scriptPath: join(ROOT, "build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: compatibilityDate(),
-    durableObjects: { VAULT_KEYS: { className: "VaultKey", useSQLite: true } },
+    durableObjects: {
+      VAULT_KEYS: { className: "VaultKey", useSQLite: true },
+      ADMIN_GUARD: { className: "AdminGuard", useSQLite: true },
+    },
     durableObjectsPersist: join(persist, "do"),
     d1Databases: { DB: "keybrake-bench" },
     d1Persist: join(persist, "d1"),

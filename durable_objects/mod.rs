@@ -5,7 +5,10 @@
 //! - [`protocol`]: the typed messages the Worker sends it;
 //! - `vault_key` (wasm only): the thin class that stores the ledger in SQLite and flushes
 //!   the audit outbox to D1.
+//!
+//! [`admin_guard`] is the other class: it counts failed admin authentications per client IP.
 
+pub mod admin_guard;
 pub mod ledger;
 pub mod protocol;
 #[cfg(target_arch = "wasm32")]

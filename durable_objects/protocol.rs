@@ -43,6 +43,10 @@ pub struct ReserveCall {
     /// The vendor honours `Idempotency-Key` on this call (Stripe and Resend POSTs). The ledger
     /// then remembers the key, and makes one up when the client sent none.
     pub idempotent: bool,
+    /// The connected account the client asks to act on (`Stripe-Account`/`Stripe-Context`).
+    pub stripe_account: Option<String>,
+    /// The request asks for `expand[]`.
+    pub expand: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +106,8 @@ pub enum LedgerReply {
         /// The key was already used for a settled call: the vendor will replay its answer and
         /// nothing new is debited.
         replay: bool,
+        /// The connected account the key is pinned to, sent upstream as `Stripe-Account`.
+        stripe_account: Option<String>,
     },
     Denied {
         error: ProxyError,

@@ -160,6 +160,7 @@ impl VaultKey {
                     remaining: ledger.remaining(),
                     idempotency_key: admitted.idempotency_key,
                     replay: admitted.reservation.replay,
+                    stripe_account: ledger.stripe_account().map(String::from),
                 },
                 Err(error) => LedgerReply::Denied { error },
             },

@@ -301,7 +301,8 @@ impl Ledger {
         Ok(Admitted { reservation, units: 1, idempotency_key: Some(seen.key) })
     }
 
-    /// The contract's checks 2 to 4: revocation, expiry, the allowlist.
+    /// The contract's checks 2 to 4: revocation, expiry, the allowlist (with the key's rules on
+    /// connected accounts and `expand[]`).
     fn check_key(&self, now_ms: u64, call: &ReserveCall) -> Result<(), ProxyError> {
         let config = &self.key.config;
         if self.key.revoked_at_ms.is_some() {
@@ -312,6 +313,12 @@ impl Ledger {
         }
         if !allowlist::allows(&config.allowed_endpoints, &call.method, &call.path) {
             return Err(ProxyError::EndpointNotAllowed);
+        }
+        if call.stripe_account.is_some() && call.stripe_account != config.stripe_account {
+            return Err(ProxyError::HeaderNotAllowed("Stripe-Account".into()));
+        }
+        if call.expand && !config.allow_expand {
+            return Err(ProxyError::ParameterNotAllowed("expand[]".into()));
         }
         if call.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
             return Err(ProxyError::InvalidRequest(format!(
@@ -499,6 +506,11 @@ impl Ledger {
             reconciling: self.reconciling.len() as u64,
             unresolved: self.open.values().filter(|r| r.unknown.is_some()).count() as u64,
         }
+    }
+
+    /// The connected account the key is pinned to, if any.
+    pub fn stripe_account(&self) -> Option<&str> {
+        self.key.config.stripe_account.as_deref()
     }
 
     pub fn remaining(&self) -> Micros {

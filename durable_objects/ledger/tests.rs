@@ -17,6 +17,8 @@ fn config(cap: u64, max_per_call: Option<u64>) -> KeyConfig {
         created_at_ms: T0,
         expires_at_ms: T0 + 7 * MS_PER_DAY,
         agent_run_label: Some("run-1".into()),
+        stripe_account: None,
+        allow_expand: false,
     }
 }
 
@@ -39,6 +41,8 @@ fn call(price: Result<u64, ProxyError>) -> ReserveCall {
         price: price.map(|amount| Quote::Fixed { amount: Micros(amount) }),
         idempotency_key: None,
         idempotent: false,
+        stripe_account: None,
+        expand: false,
     }
 }
 
@@ -511,6 +515,26 @@ fn refresh_extends_an_active_key_within_thirty_days() {
     let (store, mut ledger) = new_ledger(1_000);
     let expired = ledger.state(T0, 0).config.expires_at_ms;
     assert_eq!(ledger.refresh(&store, expired, 60).unwrap().unwrap_err().status(), 409);
+}
+
+#[test]
+fn connected_accounts_and_expand_follow_the_key() {
+    let store = MemoryStore::default();
+    let pinned = KeyConfig { stripe_account: Some("acct_1".into()), ..config(1_000, None) };
+    let mut ledger = Ledger::create(&store, pinned, hash()).unwrap();
+    let with = |account: Option<&str>, expand: bool| ReserveCall {
+        stripe_account: account.map(String::from),
+        expand,
+        ..call(Ok(1))
+    };
+    assert!(admit(&mut ledger, &store, T0, with(Some("acct_1"), false)).is_ok());
+    assert!(admit(&mut ledger, &store, T0, with(None, false)).is_ok());
+    assert_eq!(admit(&mut ledger, &store, T0, with(Some("acct_2"), false)).unwrap_err().kind(), "header_not_allowed");
+    assert_eq!(admit(&mut ledger, &store, T0, with(None, true)).unwrap_err().kind(), "parameter_not_allowed");
+    let (store, mut ledger) = new_ledger(1_000);
+    assert_eq!(admit(&mut ledger, &store, T0, with(Some("acct_1"), false)).unwrap_err().status(), 403);
+    ledger.key.config.allow_expand = true;
+    assert!(admit(&mut ledger, &store, T0, with(None, true)).is_ok());
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for the property test.

@@ -180,6 +180,10 @@ impl<'a> Form<'a> {
     pub fn has(&self, name: &str) -> bool {
         self.pairs.iter().any(|(k, _)| k == name)
     }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.pairs.iter().map(|(k, _)| k.as_ref())
+    }
 }
 
 fn percent_decode(s: &str) -> Result<Cow<'_, str>, ProxyError> {

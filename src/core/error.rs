@@ -21,6 +21,15 @@ pub enum ProxyError {
     KeyRevoked,
     KeyExpired,
     EndpointNotAllowed,
+    /// A header the key may not send (`Stripe-Account` it did not pin).
+    HeaderNotAllowed(String),
+    /// A parameter the key may not send (`expand[]` without `allow_expand`).
+    ParameterNotAllowed(String),
+    PayloadTooLarge(usize),
+    /// Too many bad admin tokens from one client.
+    TooManyAttempts {
+        retry_after_secs: u64,
+    },
     /// The call could move money but its price cannot be read from the request.
     CostUnknown(String),
     CurrencyNotAllowed,
@@ -50,14 +59,18 @@ impl ProxyError {
         match self {
             ProxyError::InvalidRequest(_) => 400,
             ProxyError::Unauthorized | ProxyError::InvalidKey | ProxyError::KeyRevoked | ProxyError::KeyExpired => 401,
-            ProxyError::EndpointNotAllowed | ProxyError::PerCallLimit => 403,
+            ProxyError::EndpointNotAllowed
+            | ProxyError::PerCallLimit
+            | ProxyError::HeaderNotAllowed(_)
+            | ProxyError::ParameterNotAllowed(_) => 403,
+            ProxyError::PayloadTooLarge(_) => 413,
             ProxyError::NotFound => 404,
             ProxyError::UnsupportedMediaType(_) => 415,
             ProxyError::MethodNotAllowed => 405,
             ProxyError::Conflict(_) | ProxyError::IdempotencyInFlight => 409,
             ProxyError::IdempotencyMismatch => 422,
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
-            ProxyError::CapExhausted { .. } => 429,
+            ProxyError::CapExhausted { .. } | ProxyError::TooManyAttempts { .. } => 429,
             ProxyError::Internal => 500,
             ProxyError::VendorUnreachable => 502,
             ProxyError::VendorNotConfigured => 503,
@@ -72,6 +85,10 @@ impl ProxyError {
             ProxyError::KeyRevoked => "key_revoked",
             ProxyError::KeyExpired => "key_expired",
             ProxyError::EndpointNotAllowed => "endpoint_not_allowed",
+            ProxyError::HeaderNotAllowed(_) => "header_not_allowed",
+            ProxyError::ParameterNotAllowed(_) => "parameter_not_allowed",
+            ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::TooManyAttempts { .. } => "too_many_attempts",
             ProxyError::CostUnknown(_) => "cost_unknown",
             ProxyError::CurrencyNotAllowed => "currency_not_allowed",
             ProxyError::PerCallLimit => "per_call_limit",
@@ -96,6 +113,10 @@ impl ProxyError {
             ProxyError::KeyRevoked => "This vault key has been revoked.".into(),
             ProxyError::KeyExpired => "This vault key has expired.".into(),
             ProxyError::EndpointNotAllowed => "This vault key is not allowed to call this endpoint.".into(),
+            ProxyError::HeaderNotAllowed(name) => format!("This vault key may not send the {name} header."),
+            ProxyError::ParameterNotAllowed(name) => format!("This vault key may not send the {name} parameter."),
+            ProxyError::PayloadTooLarge(max) => format!("The body is larger than {max} bytes."),
+            ProxyError::TooManyAttempts { .. } => "Too many failed admin attempts from this client; try later.".into(),
             ProxyError::CostUnknown(why) => format!("Keybrake cannot price this call, so it was not sent: {why}."),
             ProxyError::CurrencyNotAllowed => "Vault keys are capped in USD; only currency=usd is accepted.".into(),
             ProxyError::PerCallLimit => "This call costs more than the key's max_usd_per_call.".into(),

@@ -24,6 +24,12 @@ pub struct KeyConfig {
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub agent_run_label: Option<String>,
+    /// The only `Stripe-Account` the key may act on; `None` refuses the header.
+    #[serde(default)]
+    pub stripe_account: Option<String>,
+    /// Whether `expand[]` may pull hidden fields into responses.
+    #[serde(default)]
+    pub allow_expand: bool,
 }
 
 /// A validated `POST /vault/keys` body.
@@ -35,6 +41,8 @@ pub struct NewKey {
     pub allowed_endpoints: Vec<String>,
     pub ttl_secs: u64,
     pub agent_run_label: Option<String>,
+    pub stripe_account: Option<String>,
+    pub allow_expand: bool,
 }
 
 impl NewKey {
@@ -48,18 +56,28 @@ impl NewKey {
             created_at_ms: now_ms,
             expires_at_ms: now_ms + self.ttl_secs * MS_PER_SEC,
             agent_run_label: self.agent_run_label,
+            stripe_account: self.stripe_account,
+            allow_expand: self.allow_expand,
         }
     }
 }
 
-const FIELDS: [&str; 6] =
-    ["vendor", "daily_usd_cap", "max_usd_per_call", "allowed_endpoints", "expires_in", "agent_run_label"];
+const FIELDS: [&str; 8] = [
+    "vendor",
+    "daily_usd_cap",
+    "max_usd_per_call",
+    "allowed_endpoints",
+    "expires_in",
+    "agent_run_label",
+    "stripe_account",
+    "allow_expand",
+];
 
 /// Parses and validates a key request. Every refusal names the field at fault.
 pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
     let bad = |msg: String| ProxyError::InvalidRequest(msg);
     if body.len() > MAX_BODY_BYTES {
-        return Err(bad(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
     }
     let fields: BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
@@ -115,7 +133,34 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
         }
     };
 
-    Ok(NewKey { vendor, daily_cap, max_per_call, allowed_endpoints, ttl_secs, agent_run_label })
+    let stripe_account = match field("stripe_account") {
+        None => None,
+        Some(raw) => {
+            let account: String = serde_json::from_str(raw.get()).unwrap_or_default();
+            let well_formed = account
+                .strip_prefix("acct_")
+                .is_some_and(|id| (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if vendor != Vendor::Stripe || !well_formed {
+                return Err(bad("stripe_account must be a Stripe account id like acct_1Ab2, on a stripe key".into()));
+            }
+            Some(account)
+        }
+    };
+    let allow_expand = match field("allow_expand") {
+        None => false,
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| bad("allow_expand must be true or false".into()))?,
+    };
+
+    Ok(NewKey {
+        vendor,
+        daily_cap,
+        max_per_call,
+        allowed_endpoints,
+        ttl_secs,
+        agent_run_label,
+        stripe_account,
+        allow_expand,
+    })
 }
 
 /// Parses a `POST /vault/keys/{id}/refresh` body: `{"expires_in": "2h"}`, default 1 h.
@@ -194,6 +239,8 @@ pub struct KeyView<'a> {
     pub revoked_at: Option<String>,
     pub agent_run_label: Option<&'a str>,
     pub allowed_endpoints: &'a [String],
+    pub stripe_account: Option<&'a str>,
+    pub allow_expand: bool,
     pub audit_pending: u64,
     pub reconciling: u64,
     pub unresolved: u64,
@@ -219,6 +266,8 @@ impl<'a> KeyView<'a> {
             revoked_at: state.revoked_at_ms.map(rfc3339),
             agent_run_label: c.agent_run_label.as_deref(),
             allowed_endpoints: &c.allowed_endpoints,
+            stripe_account: c.stripe_account.as_deref(),
+            allow_expand: c.allow_expand,
             audit_pending: state.audit_pending,
             reconciling: state.reconciling,
             unresolved: state.unresolved,
@@ -240,6 +289,8 @@ pub struct IssuedKeyView<'a> {
     pub allowed_endpoints: &'a [String],
     pub expires_at: String,
     pub agent_run_label: Option<&'a str>,
+    pub stripe_account: Option<&'a str>,
+    pub allow_expand: bool,
 }
 
 impl<'a> IssuedKeyView<'a> {
@@ -253,6 +304,8 @@ impl<'a> IssuedKeyView<'a> {
             allowed_endpoints: &config.allowed_endpoints,
             expires_at: rfc3339(config.expires_at_ms),
             agent_run_label: config.agent_run_label.as_deref(),
+            stripe_account: config.stripe_account.as_deref(),
+            allow_expand: config.allow_expand,
         }
     }
 }
@@ -281,6 +334,8 @@ mod tests {
                 allowed_endpoints: vec!["POST /v1/payment_intents".into()],
                 ttl_secs: 7_200,
                 agent_run_label: Some("inngest/billing/subscription.process/01J".into()),
+                stripe_account: None,
+                allow_expand: false,
             }
         );
     }
@@ -322,6 +377,10 @@ mod tests {
             (format!("{{{base},\"agent_run_label\":\"{long_label}\"}}"), "agent_run_label"),
             (format!("{{{base},\"agent_run_label\":7}}"), "agent_run_label"),
             (format!("{{{base},\"daily_cap_usd\":7}}"), "daily_cap_usd"),
+            (format!("{{{base},\"stripe_account\":\"acct_x/y\"}}"), "stripe_account"),
+            (format!("{{{base},\"allow_expand\":\"yes\"}}"), "allow_expand"),
+            (format!("{{{base},\"stripe_account\":\"acct_x/y\"}}"), "stripe_account"),
+            (format!("{{{base},\"allow_expand\":\"yes\"}}"), "allow_expand"),
         ];
         for (body, field) in cases {
             let err = parse(&body).unwrap_err();

@@ -10,5 +10,6 @@ pub mod error;
 pub mod keys;
 pub mod money;
 pub mod routing;
+pub mod screen;
 pub mod token;
 pub mod vendor;

@@ -11,12 +11,16 @@ pub enum Route<'a> {
     RevokeKey(&'a str),
     RefreshKey(&'a str),
     Audit,
+    OpenApi,
     Proxy { vendor: Option<Vendor>, path: &'a str },
     NotFound,
     MethodNotAllowed,
 }
 
 pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
+    if path == "/openapi.json" {
+        return if method == "GET" { Route::OpenApi } else { Route::MethodNotAllowed };
+    }
     if path == "/vault" || path.starts_with("/vault/") {
         return admin_route(method, &path["/vault".len()..]);
     }
@@ -56,6 +60,8 @@ mod tests {
         assert_eq!(route("PUT", "/vault/keys/abc"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/vault/audit"), Route::Audit);
         assert_eq!(route("GET", "/vault"), Route::NotFound);
+        assert_eq!(route("GET", "/openapi.json"), Route::OpenApi);
+        assert_eq!(route("POST", "/openapi.json"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/vault/keys/abc/def"), Route::NotFound);
         assert_eq!(route("POST", "/vault/keys/abc/refresh"), Route::RefreshKey("abc"));
         assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed);

@@ -6,21 +6,44 @@ use crate::core::error::ProxyError;
 use crate::core::keys::{parse_new_key, parse_refresh, IssuedKeyView, KeyView, MAX_BODY_BYTES};
 use crate::core::money::Micros;
 use crate::core::token::{self, bearer_matches, SECRET_BYTES};
+use crate::durable_objects::admin_guard::{self, Attempt, Verdict};
 use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
 use crate::shell::ledger_client::LedgerClient;
+use crate::shell::upstream::env_value;
 use crate::shell::{bearer, internal, now_ms};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{D1Database, Env, Request, Response};
+use worker::{D1Database, Env, Method, Request, RequestInit, Response};
 
 type Answer = Result<Response, ProxyError>;
 
-fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
+/// Checks the admin token (in constant time) and counts the attempt against the client's IP,
+/// so that guessing the token is slowed to a few tries per window.
+async fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
     let expected = env.secret("KEYBRAKE_API_KEY").map(|s| s.to_string()).unwrap_or_default();
-    match bearer(req) {
-        Some(presented) if bearer_matches(&presented, &expected) => Ok(()),
-        _ => Err(ProxyError::Unauthorized),
+    let ok = bearer(req).is_some_and(|presented| bearer_matches(&presented, &expected));
+    let client = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "unknown".into());
+    let limit =
+        env_value(env, "ADMIN_FAILURE_LIMIT").and_then(|v| v.parse().ok()).unwrap_or(admin_guard::DEFAULT_LIMIT);
+    let verdict = guard_attempt(env, &client, &Attempt { ok, limit }).await?;
+    match (verdict.locked_for_secs, ok) {
+        (Some(retry_after_secs), _) => Err(ProxyError::TooManyAttempts { retry_after_secs }),
+        (None, true) => Ok(()),
+        (None, false) => Err(ProxyError::Unauthorized),
     }
+}
+
+async fn guard_attempt(env: &Env, client: &str, attempt: &Attempt) -> Result<Verdict, ProxyError> {
+    let stub = env
+        .durable_object("ADMIN_GUARD")
+        .and_then(|ns| ns.get_by_name(&format!("admin-guard:{client}")))
+        .map_err(internal("admin guard binding"))?;
+    let body = serde_json::to_string(attempt).map_err(|_| ProxyError::Internal)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(body.into()));
+    let req = Request::new_with_init("https://admin-guard/", &init).map_err(internal("admin guard request"))?;
+    let mut resp = stub.fetch_with_request(req).await.map_err(internal("admin guard call"))?;
+    resp.json().await.map_err(internal("admin guard reply"))
 }
 
 fn db(env: &Env) -> Result<D1Database, ProxyError> {
@@ -33,11 +56,8 @@ fn json(value: &impl serde::Serialize, status: u16) -> Answer {
 
 /// `POST /vault/keys`
 pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
-    authorize(&req, env)?;
-    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ProxyError::InvalidRequest(format!("body is larger than {MAX_BODY_BYTES} bytes")));
-    }
+    authorize(&req, env).await?;
+    let body = read_body(&mut req).await?;
     let new_key = parse_new_key(&body)?;
 
     let (key_id, ledger) = LedgerClient::fresh(env)?;
@@ -76,7 +96,7 @@ pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
 
 /// `GET /vault/keys/{id}`
 pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> Answer {
-    authorize(req, env)?;
+    authorize(req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
     match ledger.call(&LedgerCall::Status).await? {
         LedgerReply::State { state } => json(&KeyView::new(&state, now_ms()), 200),
@@ -88,7 +108,7 @@ pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> Answer {
 /// `DELETE /vault/keys/{id}`: takes effect in the key's object before it answers; the
 /// registry copy in D1 follows.
 pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
-    authorize(req, env)?;
+    authorize(req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
     let state = match ledger.call(&LedgerCall::Revoke).await? {
         LedgerReply::State { state } => state,
@@ -104,12 +124,9 @@ pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
 /// `POST /vault/keys/{id}/refresh`: a long run outlives its key, so extend it in place
 /// rather than issue a new one (which would start a fresh cap).
 pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> Answer {
-    authorize(&req, env)?;
+    authorize(&req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
-    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ProxyError::InvalidRequest(format!("body is larger than {MAX_BODY_BYTES} bytes")));
-    }
+    let body = read_body(&mut req).await?;
     let ttl_secs = parse_refresh(&body)?;
     let state = match ledger.call(&LedgerCall::Refresh { ttl_secs }).await? {
         LedgerReply::State { state } => state,
@@ -123,7 +140,7 @@ pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> Answer {
 
 /// `GET /vault/audit?key_id=...` or `?agent_run_label=...`
 pub async fn audit(req: &Request, env: &Env) -> Answer {
-    authorize(req, env)?;
+    authorize(req, env).await?;
     let url = req.url().map_err(|_| ProxyError::InvalidRequest("bad URL".into()))?;
     let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let query =
@@ -182,6 +199,19 @@ async fn update_registry(env: &Env, column: &'static str, value: u64, key_id: &s
     if let Err(e) = update.await {
         worker::console_error!("registry update of {column} failed: {e}");
     }
+}
+
+/// An admin request body, refused past 64 KiB (a key request is a few hundred bytes).
+async fn read_body(req: &mut Request) -> Result<Vec<u8>, ProxyError> {
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    Ok(body)
 }
 
 fn num(n: u64) -> JsValue {

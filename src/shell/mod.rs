@@ -13,7 +13,7 @@ use worker::{console_error, event, Context, Env, Headers, Request, Response, Res
 
 #[event(fetch)]
 pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(panic_location_only));
     let path = raw_path(&req);
     let method = req.method().to_string();
     let answer = match route(&method, &path) {
@@ -22,6 +22,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
         Route::RefreshKey(id) => admin::refresh_key(req, &env, id).await,
         Route::Audit => admin::audit(&req, &env).await,
+        Route::OpenApi => openapi(),
         Route::Proxy { vendor, path } => return proxy::forward(req, &env, &ctx, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed => Err(ProxyError::MethodNotAllowed),
@@ -29,6 +30,23 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     match answer {
         Ok(response) => Ok(response),
         Err(e) => error_response(&e, ErrorShape::Stripe),
+    }
+}
+
+/// The OpenAPI 3.1 document of the whole HTTP contract.
+fn openapi() -> std::result::Result<Response, ProxyError> {
+    const DOCUMENT: &str = include_str!("../../openapi/openapi.json");
+    let headers = Headers::new();
+    headers.set("content-type", "application/json").map_err(internal("openapi headers"))?;
+    Ok(Response::from_bytes(DOCUMENT.as_bytes().to_vec()).map_err(internal("openapi body"))?.with_headers(headers))
+}
+
+/// Logs where a panic happened, never its message: a message could carry request data. The
+/// runtime then answers 500 without detail.
+fn panic_location_only(info: &std::panic::PanicHookInfo<'_>) {
+    match info.location() {
+        Some(at) => console_error!("panic at {}:{}", at.file(), at.line()),
+        None => console_error!("panic"),
     }
 }
 
@@ -50,6 +68,9 @@ pub fn error_response(e: &ProxyError, shape: ErrorShape) -> Result<Response> {
     headers.set("x-keybrake-error", e.kind())?;
     if let ProxyError::CapExhausted { retry_after_secs } = e {
         headers.set("x-keybrake-cap-hit", "true")?;
+        headers.set("retry-after", &retry_after_secs.to_string())?;
+    }
+    if let ProxyError::TooManyAttempts { retry_after_secs } = e {
         headers.set("retry-after", &retry_after_secs.to_string())?;
     }
     // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to. The

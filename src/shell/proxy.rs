@@ -4,6 +4,7 @@
 use crate::core::allowlist::check_canonical_path;
 use crate::core::cost::{self, PriceInput, Quote, Settlement};
 use crate::core::error::{ErrorShape, ProxyError};
+use crate::core::screen::{screen, RequestShape, DEFAULT_MAX_BODY_BYTES};
 use crate::core::token::{basic_password, VaultToken};
 use crate::core::vendor::Vendor;
 use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
@@ -11,8 +12,6 @@ use crate::shell::ledger_client::LedgerClient;
 use crate::shell::upstream::{self, env_value, NoAnswer};
 use crate::shell::{error_response, internal, now_ms};
 use worker::{console_error, Context, Env, Headers, Method, Request, Response, Result};
-
-const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub async fn forward(
     req: Request,
@@ -64,14 +63,34 @@ async fn proxy(
     let path = (spec.upstream_path)(path, &vars)?;
 
     let method = req.method();
+    let max_body = env_value(env, "MAX_BODY_BYTES").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::PayloadTooLarge(max_body));
+    }
     let mut body = match method {
         Method::Get | Method::Head => Vec::new(),
         _ => req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?,
     };
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ProxyError::InvalidRequest(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+    if body.len() > max_body {
+        return Err(ProxyError::PayloadTooLarge(max_body));
     }
     let content_type = req.headers().get("content-type").ok().flatten();
+    let url = req.inner().url();
+    let header_names: Vec<String> = req.headers().keys().collect();
+    let host_header = req.headers().get("host").ok().flatten();
+    let screened = screen(&RequestShape {
+        url_host: authority(&url),
+        host_header: host_header.as_deref(),
+        header_names: &header_names,
+        query: url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or("")),
+        content_type: content_type.as_deref(),
+        body: &body,
+    })?;
+    let stripe_account = match vendor {
+        Vendor::Stripe => connected_account(req.headers())?,
+        _ => None,
+    };
     let price = match route_vendor {
         Some(v) if v != vendor => Err(ProxyError::EndpointNotAllowed),
         _ => cost::price(
@@ -98,12 +117,14 @@ async fn proxy(
         price: price.map(|p| p.quote),
         idempotency_key: req.headers().get("idempotency-key").ok().flatten(),
         idempotent: spec.idempotency && method == Method::Post,
+        stripe_account,
+        expand: screened.expand,
     };
-    let (reservation_id, held, units, remaining, idempotency_key) =
+    let (reservation_id, held, units, remaining, idempotency_key, pinned_account) =
         match ledger.call(&LedgerCall::Reserve(reserve)).await? {
-            LedgerReply::Reserved { reservation_id, amount, units, remaining, idempotency_key, .. } => {
-                (reservation_id, amount, units, remaining, idempotency_key)
-            }
+            LedgerReply::Reserved {
+                reservation_id, amount, units, remaining, idempotency_key, stripe_account, ..
+            } => (reservation_id, amount, units, remaining, idempotency_key, stripe_account),
             LedgerReply::Denied { error } => return Err(error),
             LedgerReply::NotFound => return Err(ProxyError::InvalidKey),
             _ => return Err(ProxyError::Internal),
@@ -114,6 +135,9 @@ async fn proxy(
         headers.retain(|(name, _)| name != "idempotency-key");
         headers.push(("idempotency-key".into(), key.clone()));
     }
+    if let Some(account) = pinned_account {
+        headers.push(("stripe-account".into(), account));
+    }
     if per_unit {
         // Bound the call to what was held: Twilio ends it after TimeLimit seconds.
         body.extend_from_slice(format!("&TimeLimit={}", units * 60).as_bytes());
@@ -121,7 +145,6 @@ async fn proxy(
 
     // 3. Forward with the real credential.
     let started = now_ms();
-    let url = req.inner().url();
     let query = url.find('?').map_or("", |i| &url[i..]);
     let path_and_query = format!("{path}{query}");
     // Kept only if the outcome turns out unknown, to send the call again under the same key.
@@ -181,6 +204,23 @@ async fn proxy(
         .map_err(internal("response body"))?
         .with_status(answer.status)
         .with_headers(headers))
+}
+
+/// `host:port` of a URL as the runtime gives it.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
+}
+
+/// The connected account the client names in `Stripe-Account` or `Stripe-Context`. The key's
+/// object decides whether it may; naming two different ones is refused here.
+fn connected_account(headers: &Headers) -> std::result::Result<Option<String>, ProxyError> {
+    let account = headers.get("stripe-account").ok().flatten();
+    let context = headers.get("stripe-context").ok().flatten();
+    match (account, context) {
+        (Some(a), Some(c)) if a != c => Err(ProxyError::HeaderNotAllowed("Stripe-Context".into())),
+        (a, c) => Ok(a.or(c)),
+    }
 }
 
 /// Reports how the call ended. If the report is lost, the hold stays: the key's alarm sweeps

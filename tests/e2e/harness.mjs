@@ -44,7 +44,10 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
     scriptPath: join(ROOT, "build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: "2026-04-20",
-    durableObjects: { VAULT_KEYS: { className: "VaultKey", useSQLite: true } },
+    durableObjects: {
+      VAULT_KEYS: { className: "VaultKey", useSQLite: true },
+      ADMIN_GUARD: { className: "AdminGuard", useSQLite: true },
+    },
     durableObjectsPersist: join(persist, "do"),
     d1Databases: { DB: "keybrake-test" },
     d1Persist: join(persist, "d1"),
