@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e test dev clean bench bench-smoke
+.PHONY: all tools build lint unit e2e examples test dev clean bench bench-smoke
 
 all: build
 
@@ -43,7 +43,12 @@ unit:
 e2e: build
 	node --test --test-concurrency=1 tests/e2e/
 
-test: lint unit e2e bench-smoke
+# The Inngest example, type-checked and run with the real inngest SDK against the Worker.
+examples: build
+	tsc -p examples/inngest/tsconfig.json
+	node --import tsx --test examples/inngest/billing-agent.test.ts
+
+test: lint unit e2e examples bench-smoke
 
 dev: build
 	./scripts/dev.sh

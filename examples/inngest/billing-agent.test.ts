@@ -1,0 +1,112 @@
+// The billing agent run by the real inngest SDK through @inngest/test, against the local
+// Keybrake Worker with a recording Stripe fake.
+//
+// @inngest/test runs one attempt at a time; Inngest's retries are modelled here the way
+// Inngest performs them: the same run id, and every step that already succeeded replayed
+// from memo instead of run again.
+import { test, before, after, beforeEach } from "node:test";
+import assert from "node:assert/strict";
+import { InngestTestEngine, mockCtx } from "@inngest/test";
+import { billingAgent, type BillingEvent } from "./billing-agent";
+import { startKeybrake, ADMIN_KEY } from "../../tests/e2e/harness.mjs";
+
+type Keybrake = Awaited<ReturnType<typeof startKeybrake>>;
+let kb: Keybrake;
+
+before(async () => {
+  kb = await startKeybrake();
+  process.env.KEYBRAKE_URL = kb.url;
+  process.env.KEYBRAKE_API_KEY = ADMIN_KEY;
+});
+after(async () => {
+  await kb?.close();
+});
+beforeEach(() => kb.resetVendors());
+
+interface RunOutcome {
+  attempts: number;
+  result?: { charged: number; keyId: string };
+  error?: { name?: string; message?: string };
+}
+
+/** Runs the function until it succeeds, fails for good, or uses up its 1 + 3 attempts. */
+async function runWithRetries(data: BillingEvent, runId: string, maxAttempts = 4): Promise<RunOutcome> {
+  const memo = new Map<string, unknown>();
+  const engine = new InngestTestEngine({
+    function: billingAgent,
+    events: [{ name: "billing/subscription.process", data }],
+    transformCtx: (ctx) => {
+      const mocked = mockCtx(ctx) as typeof ctx;
+      const run = mocked.step.run;
+      // Remember each step that succeeds, as Inngest's memoization does.
+      const memoizingRun = (id: string, fn: () => unknown) =>
+        run(id, async () => {
+          const value = await fn();
+          memo.set(id, value);
+          return value;
+        });
+      return { ...mocked, runId, step: { ...mocked.step, run: memoizingRun } } as typeof ctx;
+    },
+  });
+  let outcome: RunOutcome = { attempts: 0 };
+  for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+    const steps = [...memo].map(([id, value]) => ({ id, handler: () => value }));
+    const { result, error } = (await engine.execute({ steps })) as { result?: RunOutcome["result"]; error?: RunOutcome["error"] };
+    outcome = { attempts: attempt, result, error };
+    if (!error || error.name === "NonRetriableError") break;
+  }
+  return outcome;
+}
+
+async function keysIssuedFor(runId: string): Promise<number> {
+  const row = await kb.db
+    .prepare("SELECT COUNT(*) AS n FROM vault_keys WHERE agent_run_label = ?")
+    .bind(`inngest/billing/subscription.process/${runId}`)
+    .first<{ n: number }>();
+  return row?.n ?? 0;
+}
+
+const customers = (n: number, cents: number) => Array.from({ length: n }, (_, i) => ({ id: `cus_${i + 1}`, amount_cents: cents }));
+
+test("retries reuse the run's one vault key, and spend stays exact across them", async () => {
+  const runId = `01JRETRY${Date.now()}`;
+  // The first charge reaches Stripe and is charged, but its answer is lost (a 500); a later
+  // one is rate-limited before Stripe acts. Both steps fail and are retried.
+  kb.stripe.misbehave(500);
+  kb.stripe.misbehave(undefined);
+  kb.stripe.misbehave(429);
+  const outcome = await runWithRetries({ plan_id: "pro", budget_usd: 10, customers: customers(4, 150) }, runId);
+
+  assert.equal(outcome.error, undefined, JSON.stringify(outcome.error));
+  assert.equal(outcome.result?.charged, 4);
+  assert.ok(outcome.attempts >= 2, `the failures were retried (${outcome.attempts} attempts)`);
+  assert.equal(await keysIssuedFor(runId), 1, "one vault key for the whole run");
+
+  const state = await kb.settled({ key_id: outcome.result!.keyId });
+  const charged = kb.stripe.charges.reduce((sum, c) => sum + c.amount, 0);
+  assert.equal(kb.stripe.charges.length, 4, "each customer was charged once");
+  assert.equal(state.spent_usd * 100, charged, "spent equals what Stripe charged");
+  assert.equal(state.spent_usd, 6);
+
+  const audit = await kb.auditUntil({ key_id: outcome.result!.keyId }, (p: { count: number }) => p.count >= 6);
+  const label = `inngest/billing/subscription.process/${runId}`;
+  assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === label), "the run label is on every row");
+  assert.equal(audit.total_usd, 6);
+});
+
+test("a cap hit ends the run without retries", async () => {
+  const runId = `01JCAP${Date.now()}`;
+  const outcome = await runWithRetries({ plan_id: "pro", budget_usd: 3, customers: customers(5, 100) }, runId);
+  assert.equal(outcome.error?.name, "NonRetriableError", JSON.stringify(outcome));
+  assert.match(outcome.error?.message ?? "", /cap exhausted/);
+  assert.equal(outcome.attempts, 1, "no retry after the cap hit");
+  assert.equal(await keysIssuedFor(runId), 1);
+  const charged = kb.stripe.charges.reduce((sum, c) => sum + c.amount, 0);
+  assert.ok(charged <= 300, `never past the $3 cap: ${charged}`);
+  const keyId = (await kb.db
+    .prepare("SELECT key_id FROM vault_keys WHERE agent_run_label = ?")
+    .bind(`inngest/billing/subscription.process/${runId}`)
+    .first<{ key_id: string }>())!.key_id;
+  const state = await kb.settled({ key_id: keyId });
+  assert.equal(state.spent_usd * 100, charged);
+});
