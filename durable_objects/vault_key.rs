@@ -138,20 +138,19 @@ impl VaultKey {
             *slot = store.load()?;
             self.loaded.set(true);
         }
-        if let LedgerCall::Create { config, secret_hash } = call {
-            if slot.is_some() {
-                return Err("vault key object already holds a key".into());
+        let (ledger, call) = match (slot.as_mut(), call) {
+            (None, LedgerCall::Create { config, secret_hash }) => {
+                let mut ledger = Ledger::create(store, config, secret_hash)?;
+                let state = ledger_state(&mut ledger, now, store)?;
+                *slot = Some(ledger);
+                return Ok(LedgerReply::State { state });
             }
-            let mut ledger = Ledger::create(store, config, secret_hash)?;
-            let state = ledger_state(&mut ledger, now, store)?;
-            *slot = Some(ledger);
-            return Ok(LedgerReply::State { state });
-        }
-        let Some(ledger) = slot.as_mut() else {
-            return Ok(LedgerReply::NotFound);
+            (Some(_), LedgerCall::Create { .. }) => return Err("vault key object already holds a key".into()),
+            (None, _) => return Ok(LedgerReply::NotFound),
+            (Some(ledger), call) => (ledger, call),
         };
         Ok(match call {
-            LedgerCall::Create { .. } => unreachable!("handled above"),
+            LedgerCall::Create { .. } => return Err("vault key object already holds a key".into()), // matched above
             LedgerCall::Reserve(reserve) => match ledger.reserve(store, now, reserve)? {
                 Ok(admitted) => LedgerReply::Reserved {
                     reservation_id: admitted.reservation.id,
