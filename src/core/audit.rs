@@ -140,8 +140,12 @@ impl AuditQuery {
         let (mut filter, mut limit) = (None, DEFAULT_AUDIT_LIMIT);
         for (k, v) in pairs {
             let next = match k {
-                "key_id" => AuditFilter::KeyId(v.to_string()),
-                "agent_run_label" => AuditFilter::Label(v.to_string()),
+                "key_id" if crate::core::token::is_key_id(v) => AuditFilter::KeyId(v.to_string()),
+                "key_id" => return Err("key_id must be 64 lowercase hex digits".into()),
+                "agent_run_label" if !v.is_empty() && v.chars().count() <= crate::core::keys::MAX_LABEL_CHARS => {
+                    AuditFilter::Label(v.to_string())
+                }
+                "agent_run_label" => return Err("agent_run_label must be 1 to 256 characters".into()),
                 "limit" => {
                     limit = v
                         .parse()
@@ -169,12 +173,16 @@ mod tests {
     fn parses_queries() {
         let q = AuditQuery::parse([("agent_run_label", "run/1"), ("limit", "5")].into_iter()).unwrap();
         assert_eq!(q, AuditQuery { filter: AuditFilter::Label("run/1".into()), limit: 5 });
-        let q = AuditQuery::parse([("key_id", "abc")].into_iter()).unwrap();
+        let id = "a".repeat(64);
+        let q = AuditQuery::parse([("key_id", id.as_str())].into_iter()).unwrap();
         assert_eq!(q.limit, DEFAULT_AUDIT_LIMIT);
+        assert!(AuditQuery::parse([("key_id", "abc")].into_iter()).is_err());
+        let long = "x".repeat(257);
+        assert!(AuditQuery::parse([("agent_run_label", long.as_str())].into_iter()).is_err());
         assert!(AuditQuery::parse([].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", "a"), ("agent_run_label", "b")].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", "a"), ("limit", "0")].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", "a"), ("limit", "10001")].into_iter()).is_err());
+        assert!(AuditQuery::parse([("key_id", id.as_str()), ("agent_run_label", "b")].into_iter()).is_err());
+        assert!(AuditQuery::parse([("key_id", id.as_str()), ("limit", "0")].into_iter()).is_err());
+        assert!(AuditQuery::parse([("key_id", id.as_str()), ("limit", "10001")].into_iter()).is_err());
         assert!(AuditQuery::parse([("key", "a")].into_iter()).is_err());
     }
 
