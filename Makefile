@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e examples test dev clean bench bench-smoke
+.PHONY: all tools build lint unit e2e examples test dev clean bench bench-smoke fuzz fuzz-smoke
 
 all: build
 
@@ -48,16 +48,23 @@ examples: build
 	tsc -p examples/inngest/tsconfig.json
 	node --import tsx --test examples/inngest/billing-agent.test.ts
 
-test: lint unit e2e examples bench-smoke
+test: lint unit e2e examples bench-smoke fuzz-smoke
 
 dev: build
 	./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler
+	rm -rf build target node_modules .wrangler fuzz/target
 
 bench: build
 	node bench/run.mjs
 
 bench-smoke: build
 	node bench/run.mjs --smoke
+
+# Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz.
+fuzz:
+	bash fuzz/run.sh 300
+
+fuzz-smoke:
+	bash fuzz/run.sh 20
