@@ -47,6 +47,9 @@ pub struct ReserveCall {
     pub stripe_account: Option<String>,
     /// The request asks for `expand[]`.
     pub expand: bool,
+    /// A refusal the Worker found (a path the vendor's rules reject) that is answered only
+    /// once the key is authenticated, before every other check.
+    pub refused: Option<ProxyError>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -305,6 +305,9 @@ impl Ledger {
     /// connected accounts and `expand[]`).
     fn check_key(&self, now_ms: u64, call: &ReserveCall) -> Result<(), ProxyError> {
         let config = &self.key.config;
+        if let Some(error) = &call.refused {
+            return Err(error.clone());
+        }
         if self.key.revoked_at_ms.is_some() {
             return Err(ProxyError::KeyRevoked);
         }

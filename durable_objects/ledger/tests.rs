@@ -43,6 +43,7 @@ fn call(price: Result<u64, ProxyError>) -> ReserveCall {
         idempotent: false,
         stripe_account: None,
         expand: false,
+        refused: None,
     }
 }
 

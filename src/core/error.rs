@@ -41,7 +41,8 @@ pub enum ProxyError {
     /// The body's content type is not the one the vendor's endpoint takes (named here).
     UnsupportedMediaType(String),
     NotFound,
-    MethodNotAllowed,
+    /// With the methods the route takes, sent as `Allow`.
+    MethodNotAllowed(String),
     Conflict(String),
     /// The same `Idempotency-Key` is on a call still in flight.
     IdempotencyInFlight,
@@ -66,7 +67,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge(_) => 413,
             ProxyError::NotFound => 404,
             ProxyError::UnsupportedMediaType(_) => 415,
-            ProxyError::MethodNotAllowed => 405,
+            ProxyError::MethodNotAllowed(_) => 405,
             ProxyError::Conflict(_) | ProxyError::IdempotencyInFlight => 409,
             ProxyError::IdempotencyMismatch => 422,
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
@@ -96,7 +97,7 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::NotFound => "not_found",
             ProxyError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::Conflict(_) => "conflict",
             ProxyError::IdempotencyInFlight => "idempotency_in_flight",
             ProxyError::IdempotencyMismatch => "idempotency_mismatch",
@@ -126,7 +127,7 @@ impl ProxyError {
             ProxyError::InvalidRequest(why) => why.clone(),
             ProxyError::NotFound => "Not found.".into(),
             ProxyError::UnsupportedMediaType(expected) => format!("This endpoint takes {expected} bodies."),
-            ProxyError::MethodNotAllowed => "Method not allowed on this route.".into(),
+            ProxyError::MethodNotAllowed(_) => "Method not allowed on this route.".into(),
             ProxyError::Conflict(why) => why.clone(),
             ProxyError::IdempotencyInFlight => {
                 "A call with this Idempotency-Key is still in flight; retry once it has finished.".into()

@@ -12,14 +12,27 @@ pub enum Route<'a> {
     RefreshKey(&'a str),
     Audit,
     OpenApi,
-    Proxy { vendor: Option<Vendor>, path: &'a str },
+    Proxy {
+        vendor: Option<Vendor>,
+        path: &'a str,
+    },
     NotFound,
-    MethodNotAllowed,
+    /// With the methods the route does take, for the `Allow` header.
+    MethodNotAllowed(&'static str),
+    /// A method outside the ones Keybrake or any vendor route knows.
+    UnknownMethod,
 }
 
+/// Methods any route takes. The runtime hands over others (`QUERY`, `TRACE`...) too; they are
+/// refused rather than mistaken for one of these.
+pub const KNOWN_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
 pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
+    if !KNOWN_METHODS.contains(&method) {
+        return Route::UnknownMethod;
+    }
     if path == "/openapi.json" {
-        return if method == "GET" { Route::OpenApi } else { Route::MethodNotAllowed };
+        return if method == "GET" { Route::OpenApi } else { Route::MethodNotAllowed("GET") };
     }
     if path == "/vault" || path.starts_with("/vault/") {
         return admin_route(method, &path["/vault".len()..]);
@@ -35,14 +48,14 @@ fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         ("POST", ["keys"]) => Route::IssueKey,
-        (_, ["keys"]) => Route::MethodNotAllowed,
+        (_, ["keys"]) => Route::MethodNotAllowed("POST"),
         ("GET", ["keys", id]) => Route::GetKey(id),
         ("DELETE", ["keys", id]) => Route::RevokeKey(id),
-        (_, ["keys", _]) => Route::MethodNotAllowed,
+        (_, ["keys", _]) => Route::MethodNotAllowed("GET, DELETE"),
         ("POST", ["keys", id, "refresh"]) => Route::RefreshKey(id),
-        (_, ["keys", _, "refresh"]) => Route::MethodNotAllowed,
+        (_, ["keys", _, "refresh"]) => Route::MethodNotAllowed("POST"),
         ("GET", ["audit"]) => Route::Audit,
-        (_, ["audit"]) => Route::MethodNotAllowed,
+        (_, ["audit"]) => Route::MethodNotAllowed("GET"),
         _ => Route::NotFound,
     }
 }
@@ -54,17 +67,19 @@ mod tests {
     #[test]
     fn admin_routes() {
         assert_eq!(route("POST", "/vault/keys"), Route::IssueKey);
-        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/vault/keys/abc"), Route::GetKey("abc"));
         assert_eq!(route("DELETE", "/vault/keys/abc"), Route::RevokeKey("abc"));
-        assert_eq!(route("PUT", "/vault/keys/abc"), Route::MethodNotAllowed);
+        assert_eq!(route("PUT", "/vault/keys/abc"), Route::MethodNotAllowed("GET, DELETE"));
+        assert_eq!(route("QUERY", "/vault/keys/abc"), Route::UnknownMethod);
+        assert_eq!(route("TRACE", "/v1/payment_intents"), Route::UnknownMethod);
         assert_eq!(route("GET", "/vault/audit"), Route::Audit);
         assert_eq!(route("GET", "/vault"), Route::NotFound);
         assert_eq!(route("GET", "/openapi.json"), Route::OpenApi);
-        assert_eq!(route("POST", "/openapi.json"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/openapi.json"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("GET", "/vault/keys/abc/def"), Route::NotFound);
         assert_eq!(route("POST", "/vault/keys/abc/refresh"), Route::RefreshKey("abc"));
-        assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/vault/other"), Route::NotFound);
     }
 

@@ -8,14 +8,15 @@ mod proxy;
 pub mod upstream;
 
 use crate::core::error::{ErrorShape, ProxyError};
-use crate::core::routing::{route, Route};
+use crate::core::routing::{route, Route, KNOWN_METHODS};
 use worker::{console_error, event, Context, Env, Headers, Request, Response, Result};
 
 #[event(fetch)]
 pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     std::panic::set_hook(Box::new(panic_location_only));
     let path = raw_path(&req);
-    let method = req.method().to_string();
+    // The method as sent: `Request::method` maps methods it does not know to GET.
+    let method = req.inner().method();
     let answer = match route(&method, &path) {
         Route::IssueKey => admin::issue_key(req, &env).await,
         Route::GetKey(id) => admin::get_key(&req, &env, id).await,
@@ -25,7 +26,8 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::OpenApi => openapi(),
         Route::Proxy { vendor, path } => return proxy::forward(req, &env, &ctx, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
-        Route::MethodNotAllowed => Err(ProxyError::MethodNotAllowed),
+        Route::MethodNotAllowed(allow) => Err(ProxyError::MethodNotAllowed(allow.into())),
+        Route::UnknownMethod => Err(ProxyError::MethodNotAllowed(KNOWN_METHODS.join(", "))),
     };
     match answer {
         Ok(response) => Ok(response),
@@ -69,6 +71,9 @@ pub fn error_response(e: &ProxyError, shape: ErrorShape) -> Result<Response> {
     if let ProxyError::CapExhausted { retry_after_secs } = e {
         headers.set("x-keybrake-cap-hit", "true")?;
         headers.set("retry-after", &retry_after_secs.to_string())?;
+    }
+    if let ProxyError::MethodNotAllowed(allow) = e {
+        headers.set("allow", allow)?;
     }
     if let ProxyError::TooManyAttempts { retry_after_secs } = e {
         headers.set("retry-after", &retry_after_secs.to_string())?;

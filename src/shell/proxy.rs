@@ -60,7 +60,13 @@ async fn proxy(
     let spec = vendor.spec();
     check_canonical_path(path).map_err(|e| ProxyError::InvalidRequest(e.into()))?;
     let vars = |name: &str| env_value(env, name);
-    let path = (spec.upstream_path)(path, &vars)?;
+    // The vendor's own path rules are judged by the key's object, after it has authenticated
+    // the key: a wrong token must get 401 whatever path it tried.
+    let (path, refused) = match (route_vendor, (spec.upstream_path)(path, &vars)) {
+        (Some(v), _) if v != vendor => (path.to_string(), Some(ProxyError::EndpointNotAllowed)),
+        (_, Ok(upstream)) => (upstream, None),
+        (_, Err(error)) => (path.to_string(), Some(error)),
+    };
 
     let method = req.method();
     let max_body = env_value(env, "MAX_BODY_BYTES").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -91,9 +97,9 @@ async fn proxy(
         Vendor::Stripe => connected_account(req.headers())?,
         _ => None,
     };
-    let price = match route_vendor {
-        Some(v) if v != vendor => Err(ProxyError::EndpointNotAllowed),
-        _ => cost::price(
+    let price = match refused {
+        Some(_) => Ok(cost::Price::FREE), // refused before pricing matters
+        None => cost::price(
             vendor,
             &PriceInput {
                 method: method.as_ref(),
@@ -119,6 +125,7 @@ async fn proxy(
         idempotent: spec.idempotency && method == Method::Post,
         stripe_account,
         expand: screened.expand,
+        refused,
     };
     let (reservation_id, held, units, remaining, idempotency_key, pinned_account) =
         match ledger.call(&LedgerCall::Reserve(reserve)).await? {
