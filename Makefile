@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e examples test dev clean bench bench-smoke fuzz fuzz-smoke
+.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke
 
 all: build
 
@@ -48,13 +48,17 @@ examples: build
 	tsc -p examples/inngest/tsconfig.json
 	node --import tsx --test examples/inngest/billing-agent.test.ts
 
-test: lint unit e2e examples bench-smoke fuzz-smoke
+# schemathesis against the OpenAPI document and the local Worker; run.sh makes its own venv.
+spec: build
+	tests/spec/run.sh
+
+test: lint unit e2e examples spec bench-smoke fuzz-smoke
 
 dev: build
 	./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler fuzz/target
+	rm -rf build target node_modules .wrangler fuzz/target .venv-spec
 
 bench: build
 	node bench/run.mjs

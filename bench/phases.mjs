@@ -36,12 +36,13 @@ function statusTally(results) {
 const answeredLatency = (results) => rounded(summarize(results.filter((r) => r.status > 0).map((r) => r.ms)));
 
 /**
- * Opens `n` keep-alive connections on `agent` with cheap unauthenticated calls (401), so a
- * burst measures the proxy rather than hundreds of TCP handshakes queuing in a listen backlog.
+ * Opens `n` keep-alive connections on `agent` with cheap calls that carry no vault key (401
+ * before any Durable Object; admin calls would count against the admin lockout), so a burst
+ * measures the proxy rather than hundreds of TCP handshakes queuing in a listen backlog.
  */
 async function openConnections(ctx, agent, n) {
   const answers = await Promise.all(
-    Array.from({ length: n }, () => attempt(timedRequest(ctx.url, { agent, method: "POST", path: "/vault/keys" }))),
+    Array.from({ length: n }, () => attempt(timedRequest(ctx.url, { agent, method: "POST", path: "/v1/payment_intents" }))),
   );
   return answers.filter((a) => a.status === 401).length;
 }
