@@ -2,8 +2,8 @@
 // Keybrake Worker with a recording Stripe fake.
 //
 // @inngest/test runs one attempt at a time; Inngest's retries are modelled here the way
-// Inngest performs them: the same run id, and every step that already succeeded replayed
-// from memo instead of run again.
+// Inngest performs them: the same run id, a pause before each retry, and every step that
+// already succeeded replayed from memo instead of run again.
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { InngestTestEngine, mockCtx } from "@inngest/test";
@@ -50,6 +50,9 @@ async function runWithRetries(data: BillingEvent, runId: string, maxAttempts = 4
   });
   let outcome: RunOutcome = { attempts: 0 };
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+    // Inngest waits before a retry (seconds, with backoff); a short pause keeps that order of
+    // events: the failed attempt's calls have been settled by the time the retry arrives.
+    if (attempt > 1) await new Promise((r) => setTimeout(r, 300));
     const steps = [...memo].map(([id, value]) => ({ id, handler: () => value }));
     const { result, error } = (await engine.execute({ steps })) as { result?: RunOutcome["result"]; error?: RunOutcome["error"] };
     outcome = { attempts: attempt, result, error };

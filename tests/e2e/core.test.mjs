@@ -1,19 +1,12 @@
 // End-to-end tests of the core contract: the built Worker in workerd, real Durable Objects and
 // D1, Stripe played by a recording fake, and the official stripe-node SDK as the client.
-import { test, before, after, beforeEach } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { startKeybrake, stripeClient, ADMIN_KEY, STRIPE_SECRET } from "./harness.mjs";
+import { useKeybrake, stripeClient, ADMIN_KEY, STRIPE_SECRET } from "./harness.mjs";
 
-let kb;
-before(async () => {
-  kb = await startKeybrake();
-});
-after(async () => {
-  await kb?.close();
-});
-beforeEach(() => kb.resetVendors());
+const kb = useKeybrake();
 
 const label = (name) => `inngest/billing/subscription.process/${name}-${Date.now()}`;
 

@@ -1,17 +1,10 @@
 // Retries, idempotency and faults: a repeat under the same Idempotency-Key is debited once,
 // ambiguous outcomes are resolved by the key's alarm, and audit rows survive a D1 outage.
-import { test, before, after, beforeEach } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startKeybrake, stripeClient } from "./harness.mjs";
+import { useKeybrake, stripeClient } from "./harness.mjs";
 
-let kb;
-before(async () => {
-  kb = await startKeybrake();
-});
-after(async () => {
-  await kb?.close();
-});
-beforeEach(() => kb.resetVendors());
+const kb = useKeybrake();
 
 const FORM = { "content-type": "application/x-www-form-urlencoded" };
 const charge = (key, { amount = 150, idempotencyKey, signal } = {}) =>

@@ -5,6 +5,7 @@
 // Under `node --test`, every test process also keeps a capture of what Keybrake showed the
 // outside world, for the secrets sweep (`zz-secrets-sweep.test.mjs`) that runs last. See
 // "Capture" below.
+import { before, after, beforeEach } from "node:test";
 import { Miniflare, Log, LogLevel } from "miniflare";
 import {
   readFileSync,
@@ -531,6 +532,18 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
       rmSync(persist, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Starts one Keybrake for the test file that calls it, stops it afterwards, and resets the
+ * vendor fakes before each test. The returned object is filled in once it has started.
+ */
+export function useKeybrake(options) {
+  const kb = {};
+  before(async () => Object.assign(kb, await startKeybrake(options)));
+  after(async () => kb.close?.());
+  beforeEach(() => kb.resetVendors());
+  return kb;
 }
 
 /** A stripe-node client pointed at Keybrake with only host, port and protocol. */

@@ -1,9 +1,10 @@
 // Twilio and Resend behind vault keys, with their official SDKs as clients and recording fakes
 // as the vendors.
-import { test, before, after, beforeEach } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   startKeybrake,
+  useKeybrake,
   twilioClient,
   resendClient,
   TWILIO_ACCOUNT_SID,
@@ -11,14 +12,7 @@ import {
   RESEND_API_KEY,
 } from "./harness.mjs";
 
-let kb;
-before(async () => {
-  kb = await startKeybrake();
-});
-after(async () => {
-  await kb?.close();
-});
-beforeEach(() => kb.resetVendors());
+const kb = useKeybrake();
 
 const MESSAGES = "POST /2010-04-01/Accounts/{AccountSid}/Messages.json";
 const CALLS = "POST /2010-04-01/Accounts/{AccountSid}/Calls.json";
