@@ -12,7 +12,7 @@ use crate::durable_objects::ledger::{
     KeyRecord, Ledger, LedgerStore, Reconciliation, Remembered, Reservation, IDEMPOTENCY_RETENTION_MS,
 };
 use crate::durable_objects::protocol::{CallResult, LedgerCall, LedgerReply};
-use crate::shell::upstream;
+use crate::shell::{js_number, upstream};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -349,7 +349,7 @@ fn ledger_state(ledger: &mut Ledger, now: u64, store: &SqlStore) -> Result<KeySt
 
 fn audit_values(row: &AuditRow) -> Vec<JsValue> {
     let opt_str = |s: &Option<String>| s.as_deref().map_or(JsValue::NULL, JsValue::from);
-    let num = |n: u64| JsValue::from(n as f64);
+    let num = js_number;
     let opt_num = |n: Option<u64>| n.map_or(JsValue::NULL, num);
     vec![
         JsValue::from(row.id.as_str()),

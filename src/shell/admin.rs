@@ -10,7 +10,7 @@ use crate::durable_objects::admin_guard::{self, Attempt, Verdict};
 use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
 use crate::shell::ledger_client::LedgerClient;
 use crate::shell::upstream::env_value;
-use crate::shell::{bearer, internal, now_ms};
+use crate::shell::{bearer, internal, js_number, now_ms};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, Env, Method, Request, RequestInit, Response};
@@ -81,11 +81,11 @@ pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
             c.key_id.as_str().into(),
             c.vendor.name().into(),
             c.agent_run_label.as_deref().map_or(JsValue::NULL, JsValue::from),
-            num(c.daily_cap.0),
-            c.max_per_call.map_or(JsValue::NULL, |m| num(m.0)),
+            js_number(c.daily_cap.0),
+            c.max_per_call.map_or(JsValue::NULL, |m| js_number(m.0)),
             endpoints.into(),
-            num(c.created_at_ms),
-            num(c.expires_at_ms),
+            js_number(c.created_at_ms),
+            js_number(c.expires_at_ms),
         ])
         .map_err(internal("bind registry insert"))?
         .run()
@@ -158,7 +158,7 @@ pub async fn audit(req: &Request, env: &Env) -> Answer {
         .map_err(internal("bind audit totals"))?;
     let rows = db
         .prepare(format!("SELECT * FROM audit WHERE {column} = ?1 ORDER BY ts_ms, id LIMIT ?2"))
-        .bind(&[value.as_str().into(), num(u64::from(query.limit))])
+        .bind(&[value.as_str().into(), js_number(u64::from(query.limit))])
         .map_err(internal("bind audit rows"))?;
     let results = db.batch(vec![totals, rows]).await.map_err(internal("audit query"))?;
 
@@ -192,7 +192,7 @@ async fn update_registry(env: &Env, column: &'static str, value: u64, key_id: &s
         db(env)
             .map_err(|_| worker::Error::from("D1 binding"))?
             .prepare(format!("UPDATE vault_keys SET {column} = ?1 WHERE key_id = ?2"))
-            .bind(&[num(value), key_id.into()])?
+            .bind(&[js_number(value), key_id.into()])?
             .run()
             .await
     };
@@ -212,9 +212,4 @@ async fn read_body(req: &mut Request) -> Result<Vec<u8>, ProxyError> {
         return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
     }
     Ok(body)
-}
-
-fn num(n: u64) -> JsValue {
-    // D1 takes JS numbers; every value here is far below 2^53.
-    JsValue::from(n as f64)
 }

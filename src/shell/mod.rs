@@ -102,6 +102,12 @@ pub fn bearer(req: &Request) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
+/// An integer as a JS number, for D1 bindings. Every value passed (micro-dollars, ms
+/// timestamps, counts) is far below 2^53, so none loses precision; none is float money.
+pub fn js_number(n: u64) -> wasm_bindgen::JsValue {
+    wasm_bindgen::JsValue::from(n as f64)
+}
+
 pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }

@@ -2,7 +2,7 @@
 // ambiguous outcomes are resolved by the key's alarm, and audit rows survive a D1 outage.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { useKeybrake, stripeClient } from "./harness.mjs";
+import { useKeybrake, stripeClient, until } from "./harness.mjs";
 
 const kb = useKeybrake();
 
@@ -15,16 +15,6 @@ const charge = (key, { amount = 150, idempotencyKey, signal } = {}) =>
     signal,
   });
 const charged = () => kb.stripe.charges.reduce((sum, c) => sum + c.amount, 0) / 100;
-
-async function until(what, check, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const settledState = (key) => kb.settled(key);
 

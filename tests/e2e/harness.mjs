@@ -534,6 +534,17 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
   };
 }
 
+/** Polls `check` until it returns something truthy, and returns that. */
+export async function until(what, check, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * Starts one Keybrake for the test file that calls it, stops it afterwards, and resets the
  * vendor fakes before each test. The returned object is filled in once it has started.

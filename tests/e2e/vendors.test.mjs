@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import {
   startKeybrake,
   useKeybrake,
+  until,
   twilioClient,
   resendClient,
   TWILIO_ACCOUNT_SID,
@@ -17,16 +18,6 @@ const kb = useKeybrake();
 const MESSAGES = "POST /2010-04-01/Accounts/{AccountSid}/Messages.json";
 const CALLS = "POST /2010-04-01/Accounts/{AccountSid}/Calls.json";
 const label = (name) => `vendors/${name}-${Date.now()}`;
-
-async function until(what, check, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test("Twilio: parallel sends stop exactly at the cap, then reconcile to Twilio's real price", async () => {
   const runLabel = label("sms");
