@@ -16,7 +16,7 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { Log, LogLevel, Miniflare } from "miniflare";
-import { migrationStatements } from "../tests/e2e/harness.mjs";
+import { migrationStatements, workerOptions } from "../tests/e2e/harness.mjs";
 import { keepAliveAgent, sleep, timedRequest } from "./client.mjs";
 import { cpuMeter, descendantsNamed } from "./cpu.mjs";
 import * as phases from "./phases.mjs";
@@ -111,12 +111,6 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
   });
 }
 
-function compatibilityDate() {
-  const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
-  const date = toml.match(/^compatibility_date\s*=\s*"([^"]+)"/m)?.[1];
-  if (!date) throw new Error("wrangler.toml has no compatibility_date");
-  return date;
-}
 
 /** Starts the Worker and times its cold start: from new Miniflare(...) to the first answer. */
 async function startKeybrake(fake) {
@@ -124,26 +118,13 @@ async function startKeybrake(fake) {
   cleanups.push(async () => rmSync(persist, { recursive: true, force: true }));
   const started = performance.now();
   const mf = new Miniflare({
-    modules: true,
-    scriptPath: join(ROOT, "build/index.js"),
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-    compatibilityDate: compatibilityDate(),
-    durableObjects: {
-      VAULT_KEYS: { className: "VaultKey", useSQLite: true },
-      ADMIN_GUARD: { className: "AdminGuard", useSQLite: true },
-    },
-    durableObjectsPersist: join(persist, "do"),
-    d1Databases: { DB: "keybrake-bench" },
-    d1Persist: join(persist, "d1"),
+    ...workerOptions(persist),
     bindings: {
       KEYBRAKE_API_KEY: ADMIN_KEY,
       STRIPE_SECRET_KEY: STRIPE_SECRET,
       STRIPE_API_BASE: fake.url,
       UPSTREAM_TIMEOUT_MS: "10000",
     },
-    host: "127.0.0.1",
-    port: 0,
-    cf: false,
     log: new Log(LogLevel.WARN),
   });
   cleanups.push(() => mf.dispose());

@@ -358,6 +358,33 @@ export function rawRequest(target, bytes, { timeoutMs = 10_000 } = {}) {
   });
 }
 
+/**
+ * The Miniflare options that run the built Worker as wrangler.toml describes it: its modules,
+ * compatibility date, Durable Objects and D1, persisted under `persist`, listening on a free
+ * loopback port. Tests and the benchmark add their own bindings and log.
+ */
+export function workerOptions(persist) {
+  const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
+  const compatibilityDate = toml.match(/^compatibility_date\s*=\s*"([^"]+)"/m)?.[1];
+  if (!compatibilityDate) throw new Error("wrangler.toml has no compatibility_date");
+  return {
+    modules: true,
+    scriptPath: join(ROOT, "build/index.js"),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    compatibilityDate,
+    durableObjects: {
+      VAULT_KEYS: { className: "VaultKey", useSQLite: true },
+      ADMIN_GUARD: { className: "AdminGuard", useSQLite: true },
+    },
+    durableObjectsPersist: join(persist, "do"),
+    d1Databases: { DB: "keybrake" },
+    d1Persist: join(persist, "d1"),
+    host: "127.0.0.1",
+    port: 0,
+    cf: false,
+  };
+}
+
 export function migrationStatements() {
   const dir = join(ROOT, "migrations");
   return readdirSync(dir)
@@ -381,17 +408,7 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
   const persist = mkdtempSync(join(tmpdir(), "keybrake-e2e-"));
   const logs = [];
   const mf = new Miniflare({
-    modules: true,
-    scriptPath: join(ROOT, "build/index.js"),
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-    compatibilityDate: "2026-04-20",
-    durableObjects: {
-      VAULT_KEYS: { className: "VaultKey", useSQLite: true },
-      ADMIN_GUARD: { className: "AdminGuard", useSQLite: true },
-    },
-    durableObjectsPersist: join(persist, "do"),
-    d1Databases: { DB: "keybrake-test" },
-    d1Persist: join(persist, "d1"),
+    ...workerOptions(persist),
     bindings: {
       KEYBRAKE_API_KEY: ADMIN_KEY,
       STRIPE_SECRET_KEY: STRIPE_SECRET,
@@ -405,9 +422,6 @@ export async function startKeybrake({ vars = {}, twilio: twilioOptions = {} } = 
       ALARM_BACKOFF_MS: "100",
       ...vars,
     },
-    host: "127.0.0.1",
-    port: 0,
-    cf: false,
     log: new CapturingLog(LogLevel.WARN, logs),
     // As Miniflare's default, printing each line workerd writes, and also keeping it.
     handleRuntimeStdio(stdout, stderr) {
