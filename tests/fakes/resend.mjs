@@ -8,6 +8,12 @@ export async function startResendFake({ port = 0, apiKey = null } = {}) {
 
   const server = await startRecordingServer({
     port,
+    screen(record, send, requests) {
+      const idemKey = record.headers["idempotency-key"];
+      if (!idemKey || !requests.some((r) => r.running && r.headers["idempotency-key"] === idemKey)) return false;
+      send(409, { statusCode: 409, name: "concurrent_idempotent_requests", message: "Same idempotency key used while original request is still in progress" });
+      return true;
+    },
     handle(record, send, behaviour) {
       if (apiKey !== null && record.headers.authorization !== `Bearer ${apiKey}`) {
         return send(401, { statusCode: 401, name: "validation_error", message: "API key is invalid" });

@@ -3,7 +3,7 @@
 // fetches of the object), as a negative string in USD.
 import { startRecordingServer, basicAuth } from "./server.mjs";
 
-export async function startTwilioFake({ port = 0, accountSid, authToken, smsPrice = "0.0079", minutePrice = "0.0130", pricedAfterPolls = 1 } = {}) {
+export async function startTwilioFake({ port = 0, accountSid, authToken, apiKeySid = null, apiKeySecret = null, smsPrice = "0.0079", minutePrice = "0.0130", pricedAfterPolls = 1 } = {}) {
   const objects = new Map(); // sid -> { kind, record, polls, price }
   let next = 1;
   const sid = (prefix) => `${prefix}${String(next++).padStart(32, "0")}`;
@@ -12,8 +12,16 @@ export async function startTwilioFake({ port = 0, accountSid, authToken, smsPric
     port,
     handle(record, send, behaviour) {
       const [user, password] = basicAuth(record.headers.authorization);
-      if (user !== accountSid || password !== authToken) {
+      // The account's own credential, or an API key (SK…) and its secret, as Twilio accepts.
+      const authenticated =
+        (user === accountSid && password === authToken) || (apiKeySid !== null && user === apiKeySid && password === apiKeySecret);
+      if (!authenticated) {
         return send(401, { code: 20003, message: "Authenticate", more_info: "https://www.twilio.com/docs/errors/20003", status: 401 });
+      }
+      const account = record.path.match(/^\/2010-04-01\/Accounts\/([^/]+)\.json$/);
+      if (record.method === "GET" && account && account[1] === accountSid) {
+        // Like Twilio: the account resource carries the account's own auth token.
+        return send(200, { sid: accountSid, friendly_name: "fake", status: "active", auth_token: authToken });
       }
       const m = record.path.match(/^\/2010-04-01\/Accounts\/([^/]+)\/(Messages|Calls)(?:\/([^/]+))?\.json$/);
       if (!m || m[1] !== accountSid) {
