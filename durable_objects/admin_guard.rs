@@ -1,6 +1,11 @@
-//! Slows down guessing of the admin token: one `AdminGuard` object per client IP counts
-//! failed admin authentications in a window, and past a limit every admin call from that IP is
-//! answered 429, even one with the right token, until the window ends.
+//! Slows down guessing of the admin token: one `AdminGuard` object per client address counts
+//! failed admin authentications in a window, and past a limit further failures from that
+//! address are answered 429 until the window ends. The right token is never refused: it is
+//! checked before the guard is asked, so whoever shares the operator's address (an agent on the
+//! same egress) cannot lock the operator out of a revoke. The token itself is a random secret of
+//! at least 32 characters, so the guard slows noise, not a feasible search.
+//!
+//! IPv6 clients are counted by their /64, which one host can rotate through at will.
 //!
 //! The count lives in memory: a guard that is evicted forgets, which only ever lets a client
 //! through sooner. It never touches vault keys or the proxy path.
@@ -17,10 +22,9 @@ pub struct FailureWindow {
     failures: u32,
 }
 
+/// One failed admin authentication, with the limit in force.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Attempt {
-    /// Whether the presented admin token was right.
-    pub ok: bool,
+pub struct Failure {
     pub limit: u32,
 }
 
@@ -30,16 +34,31 @@ pub struct Verdict {
     pub locked_for_secs: Option<u64>,
 }
 
+/// The bucket a client address is counted in: an IPv4 address, or the /64 of an IPv6 one.
+pub fn client_bucket(ip: &str) -> String {
+    let ip = ip.trim();
+    if !ip.contains(':') {
+        return if ip.is_empty() { "unknown".into() } else { ip.to_ascii_lowercase() };
+    }
+    // Expand `::` so that the first four groups are the /64, whatever the textual form.
+    let (head, tail) = ip.split_once("::").unwrap_or((ip, ""));
+    let groups = |s: &str| s.split(':').filter(|g| !g.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let (head, tail) = (groups(head), groups(tail));
+    let missing = 8usize.saturating_sub(head.len() + tail.len());
+    let full: Vec<String> = head.into_iter().chain(std::iter::repeat_n("0".to_string(), missing)).chain(tail).collect();
+    let prefix: Vec<String> =
+        full.iter().take(4).map(|g| format!("{:x}", u16::from_str_radix(g, 16).unwrap_or(0))).collect();
+    format!("{}::/64", prefix.join(":"))
+}
+
 impl FailureWindow {
-    /// Records one admin attempt and says whether the client is locked out.
-    pub fn attempt(&mut self, now_ms: u64, attempt: &Attempt) -> Verdict {
+    /// Records one failed admin authentication and says whether the client is locked out.
+    pub fn fail(&mut self, now_ms: u64, failure: &Failure) -> Verdict {
         if now_ms >= self.started_ms + WINDOW_MS {
             *self = FailureWindow { started_ms: now_ms, failures: 0 };
         }
-        if !attempt.ok {
-            self.failures = self.failures.saturating_add(1);
-        }
-        let locked = self.failures > attempt.limit;
+        self.failures = self.failures.saturating_add(1);
+        let locked = self.failures > failure.limit;
         let left_ms = (self.started_ms + WINDOW_MS).saturating_sub(now_ms);
         Verdict { locked_for_secs: locked.then(|| left_ms.div_ceil(1_000).max(1)) }
     }
@@ -47,7 +66,7 @@ impl FailureWindow {
 
 #[cfg(target_arch = "wasm32")]
 mod class {
-    use super::{Attempt, FailureWindow};
+    use super::{Failure, FailureWindow};
     use std::cell::RefCell;
     use worker::{durable_object, Date, DurableObject, Env, Request, Response, Result, State};
 
@@ -62,8 +81,8 @@ mod class {
         }
 
         async fn fetch(&self, mut req: Request) -> Result<Response> {
-            let attempt: Attempt = serde_json::from_str(&req.text().await?)?;
-            let verdict = self.window.borrow_mut().attempt(Date::now().as_millis(), &attempt);
+            let failure: Failure = serde_json::from_str(&req.text().await?)?;
+            let verdict = self.window.borrow_mut().fail(Date::now().as_millis(), &failure);
             Response::from_json(&verdict)
         }
     }
@@ -78,28 +97,37 @@ mod tests {
 
     const T0: u64 = 1_795_838_767_000;
 
-    fn attempt(ok: bool) -> Attempt {
-        Attempt { ok, limit: 3 }
-    }
+    const LIMIT: Failure = Failure { limit: 3 };
 
     #[test]
-    fn locks_out_after_the_limit_even_with_the_right_token() {
+    fn locks_out_failures_past_the_limit() {
         let mut w = FailureWindow::default();
         for _ in 0..3 {
-            assert_eq!(w.attempt(T0, &attempt(false)).locked_for_secs, None);
+            assert_eq!(w.fail(T0, &LIMIT).locked_for_secs, None);
         }
-        assert_eq!(w.attempt(T0, &attempt(true)).locked_for_secs, None, "at the limit, not past it");
-        assert_eq!(w.attempt(T0 + 1_000, &attempt(false)).locked_for_secs, Some(WINDOW_MS / 1_000 - 1));
-        assert!(w.attempt(T0 + 2_000, &attempt(true)).locked_for_secs.is_some());
+        assert_eq!(w.fail(T0 + 1_000, &LIMIT).locked_for_secs, Some(WINDOW_MS / 1_000 - 1));
     }
 
     #[test]
     fn the_window_ends() {
         let mut w = FailureWindow::default();
         for _ in 0..5 {
-            w.attempt(T0, &attempt(false));
+            w.fail(T0, &LIMIT);
         }
-        assert!(w.attempt(T0 + 1, &attempt(true)).locked_for_secs.is_some());
-        assert_eq!(w.attempt(T0 + WINDOW_MS, &attempt(true)).locked_for_secs, None);
+        assert!(w.fail(T0 + 1, &LIMIT).locked_for_secs.is_some());
+        assert_eq!(w.fail(T0 + WINDOW_MS, &LIMIT).locked_for_secs, None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let bucket = client_bucket("2001:db8:85a3:0:1:2:3:4");
+        assert_eq!(bucket, "2001:db8:85a3:0::/64");
+        for same in ["2001:db8:85a3::9", "2001:0db8:85a3:0000:ffff::1", "2001:DB8:85A3:0:aaaa:bbbb:cccc:dddd"] {
+            assert_eq!(client_bucket(same), bucket, "{same}");
+        }
+        assert_ne!(client_bucket("2001:db8:85a3:1::1"), bucket);
+        assert_eq!(client_bucket("::1"), "0:0:0:0::/64");
+        assert_eq!(client_bucket("203.0.113.7"), "203.0.113.7");
+        assert_eq!(client_bucket(""), "unknown");
     }
 }

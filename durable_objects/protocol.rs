@@ -1,8 +1,9 @@
 //! The messages between the Worker and a key's Durable Object. One typed enum each way, sent
 //! as JSON over the stub's `fetch`.
 
+use crate::core::answer::{classify, Attempt, Verdict};
 use crate::core::audit::Outcome;
-use crate::core::cost::{Quote, Settlement};
+use crate::core::cost::{self, Quote, Settlement};
 use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
@@ -43,6 +44,9 @@ pub struct ReserveCall {
     /// The vendor honours `Idempotency-Key` on this call (Stripe and Resend POSTs). The ledger
     /// then remembers the key, and makes one up when the client sent none.
     pub idempotent: bool,
+    /// SHA-256 of the call as it will be sent (method, path, query, body): the key is bound to
+    /// it at first use, and a retry with another fingerprint is refused.
+    pub fingerprint: String,
     /// The connected account the client asks to act on (`Stripe-Account`/`Stripe-Context`).
     pub stripe_account: Option<String>,
     /// The request asks for `expand[]`.
@@ -86,6 +90,26 @@ pub enum CallResult {
 }
 
 impl CallResult {
+    /// How a call ended, from the vendor's status (`None`: no answer) and body, with the
+    /// object id of a 2xx. The live path and the alarm's replays both decide here.
+    pub fn from_answer(
+        vendor: Vendor,
+        settlement: Settlement,
+        held: Micros,
+        attempt: Attempt,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> (CallResult, Option<String>) {
+        match classify(vendor, status, body, attempt) {
+            Verdict::Settle => {
+                let settled = cost::settle(vendor, settlement, held, body);
+                (CallResult::Settled { cost: settled.cost }, settled.vendor_object_id)
+            }
+            Verdict::Release => (CallResult::Released, None),
+            Verdict::Unknown => (CallResult::Unknown, None),
+        }
+    }
+
     pub fn outcome(self) -> Outcome {
         match self {
             CallResult::Settled { .. } => Outcome::Settled,
@@ -111,6 +135,8 @@ pub enum LedgerReply {
         replay: bool,
         /// The connected account the key is pinned to, sent upstream as `Stripe-Account`.
         stripe_account: Option<String>,
+        /// A repeat of a call whose outcome is unknown: how the vendor's answer is classified.
+        attempt: Attempt,
     },
     Denied {
         error: ProxyError,

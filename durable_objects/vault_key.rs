@@ -2,8 +2,8 @@
 //! storage and answers [`LedgerCall`]s. Its alarm does the work that must not sit on a
 //! request path: copying the audit outbox to D1 and asking vendors for late prices.
 
+use crate::core::answer::Attempt;
 use crate::core::audit::AuditRow;
-use crate::core::cost;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
@@ -11,7 +11,7 @@ use crate::core::vendor::PricePoll;
 use crate::durable_objects::ledger::{
     KeyRecord, Ledger, LedgerStore, Reconciliation, Remembered, Reservation, IDEMPOTENCY_RETENTION_MS,
 };
-use crate::durable_objects::protocol::{CallResult, LedgerCall, LedgerReply};
+use crate::durable_objects::protocol::{CallResult, LedgerCall, LedgerReply, Replay};
 use crate::shell::{js_number, upstream};
 use serde::Deserialize;
 use std::cell::{Cell, RefCell};
@@ -30,8 +30,10 @@ const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// it has not told (`ALARM_BACKOFF_MS`); it doubles on each try.
 const DEFAULT_ALARM_BACKOFF_MS: u64 = 60_000;
 const ALARM_CALL_TIMEOUT_MS: u64 = 10_000;
-/// How long a revoke waits for calls admitted before it to finish their vendor call.
-const REVOKE_DRAIN_MS: u64 = 35_000;
+/// Beyond the upstream timeout, how long after its admission a call may still be under way:
+/// the Worker aborts its vendor call at the timeout, so past this it has ended, or its Worker
+/// has died and the connection with it.
+const CUT_OFF_MARGIN_MS: u64 = 1_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS key_record (
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS reconciliations (id INTEGER PRIMARY KEY, record TEXT 
 CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, record TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_ms);
 CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replays (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
 ";
 
 #[durable_object]
@@ -58,6 +61,8 @@ pub struct VaultKey {
     /// When the alarm is set for, so a burst does not re-arm it on every call.
     alarm_at: Cell<Option<u64>>,
     flush_failures: Cell<u32>,
+    /// Alarm replays under way: a revoke answers only once they are over.
+    replaying: Cell<u32>,
 }
 
 impl DurableObject for VaultKey {
@@ -69,6 +74,7 @@ impl DurableObject for VaultKey {
             loaded: Cell::new(false),
             alarm_at: Cell::new(None),
             flush_failures: Cell::new(0),
+            replaying: Cell::new(0),
         }
     }
 
@@ -92,6 +98,8 @@ impl DurableObject for VaultKey {
         Response::from_json(&reply)
     }
 
+    /// Each job stands alone: one that fails is logged and retried on the next wake, and the
+    /// alarm is always set again for the next work, so no error can leave a hold unwatched.
     async fn alarm(&self) -> Result<Response> {
         self.alarm_at.set(None);
         let flushed = self.flush_outbox().await;
@@ -100,21 +108,33 @@ impl DurableObject for VaultKey {
         }
         self.flush_failures.set(if flushed.is_ok() { 0 } else { self.flush_failures.get().saturating_add(1) });
         let stale_after = self.stale_after_ms();
-        self.with_ledger(|ledger, store, now| ledger.sweep_stale(store, now, stale_after).map(|_| ()))?;
-        self.reconcile_due().await?;
-        self.replay_due().await?;
+        let swept = self.with_ledger(|ledger, store, now| ledger.sweep_stale(store, now, stale_after).map(|_| ()));
+        log_failure("sweep of lost calls", swept);
+        log_failure("price reconciliation", self.reconcile_due().await);
+        log_failure("replay of unknown calls", self.replay_due().await);
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
-        self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)])?;
+        let pruned = self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)]);
+        log_failure("prune of idempotency keys", pruned.map(|_| ()));
 
         let now = Date::now().as_millis();
-        let flush_at = match (self.store().outbox_len()?, self.flush_failures.get()) {
-            (0, _) => None,
-            (_, 0) => Some(now + FLUSH_DELAY_MS),
-            (_, failures) => Some(now + backoff(1_000, failures)),
+        let flush_at = match (self.store().outbox_len(), self.flush_failures.get()) {
+            (Ok(0), _) => None,
+            (Ok(_), 0) => Some(now + FLUSH_DELAY_MS),
+            (Ok(_), failures) => Some(now + backoff(1_000, failures)),
+            (Err(e), _) => {
+                console_error!("reading the outbox failed: {e}");
+                Some(now + backoff(1_000, 1))
+            }
         };
-        let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(stale_after));
+        let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(now, stale_after));
         self.arm(earliest(flush_at, ledger_at)).await?;
         Response::ok("")
+    }
+}
+
+fn log_failure(job: &str, result: Result<()>) {
+    if let Err(e) = result {
+        console_error!("alarm: {job} failed, tried again on the next wake: {e}");
     }
 }
 
@@ -160,6 +180,7 @@ impl VaultKey {
                     idempotency_key: admitted.idempotency_key,
                     replay: admitted.reservation.replay,
                     stripe_account: ledger.stripe_account().map(String::from),
+                    attempt: admitted.attempt,
                 },
                 Err(error) => LedgerReply::Denied { error },
             },
@@ -212,13 +233,15 @@ impl VaultKey {
         self.state.storage().set_alarm(offset as i64).await
     }
 
-    /// After a revoke, waits until every call admitted before it has finished its vendor call,
-    /// so that once the revoke has been answered nothing more reaches the vendor on this key.
+    /// After a revoke, waits until every call admitted before it has finished its vendor call
+    /// or been cut off, and every alarm replay under way is over: once the revoke has been
+    /// answered, nothing more reaches the vendor on this key.
     async fn drain_in_flight(&self) {
-        let started = Date::now().as_millis();
-        while self.ledger.borrow().as_ref().is_some_and(|l| l.in_flight() > 0) {
-            if Date::now().as_millis() - started > REVOKE_DRAIN_MS {
-                console_error!("revoke: calls still in flight after {REVOKE_DRAIN_MS} ms");
+        let cut_off = upstream::timeout_ms(&self.env) + CUT_OFF_MARGIN_MS;
+        loop {
+            let now = Date::now().as_millis();
+            let calls = self.ledger.borrow().as_ref().map_or(0, |l| l.in_flight(now, cut_off));
+            if calls == 0 && self.replaying.get() == 0 {
                 return;
             }
             Delay::from(Duration::from_millis(5)).await;
@@ -288,42 +311,41 @@ impl VaultKey {
 impl VaultKey {
     /// Sends each due ambiguous call again, under its original `Idempotency-Key`: the vendor
     /// either replays the first outcome or runs the call now, once. Either way the answer
-    /// settles the hold. A 409 (the first call still running), a 429 or a 5xx tells nothing
-    /// yet, so it is tried again later.
+    /// settles the hold; an answer that tells nothing (`core::answer`) is tried again later.
+    /// Nothing is sent once the key is revoked or expired, checked right before each send.
     async fn replay_due(&self) -> Result<()> {
         let (due, vendor) = match self.ledger.borrow().as_ref() {
             Some(ledger) => (ledger.due_replays(Date::now().as_millis()), ledger.vendor()),
             None => return Ok(()),
         };
         let first_backoff = self.alarm_backoff_ms();
-        for (id, replay) in due {
-            let body = Some(replay.body.clone().into_bytes());
-            let path = &replay.path_and_query;
+        for id in due {
+            let may = self.ledger.borrow().as_ref().is_some_and(|l| l.may_replay(id, Date::now().as_millis()));
+            let Some(replay) = self.store().get_replay(id)?.filter(|_| may) else { continue };
+            self.replaying.set(self.replaying.get() + 1);
             let answer = upstream::send(
                 &self.env,
                 vendor.spec(),
                 Method::Post,
-                path,
+                &replay.path_and_query,
                 &replay.headers,
-                body,
+                Some(replay.body.clone().into_bytes()),
                 ALARM_CALL_TIMEOUT_MS,
             )
             .await;
+            self.replaying.set(self.replaying.get() - 1);
             self.with_ledger(|ledger, store, now| {
                 let held = ledger.held(id);
-                match answer {
-                    Ok(a) if (200..300).contains(&a.status) => {
-                        let settled = cost::settle(vendor, replay.settlement, held, &a.body);
-                        let result = CallResult::Settled { cost: settled.cost };
-                        ledger.resolve(store, now, id, result, Some(a.status), settled.vendor_object_id)
-                    }
-                    Ok(a) if (400..500).contains(&a.status) && a.status != 409 && a.status != 429 => {
-                        ledger.resolve(store, now, id, CallResult::Released, Some(a.status), None)
-                    }
-                    _ => {
+                let (status, body) = match &answer {
+                    Ok(a) => (Some(a.status), a.body.as_slice()),
+                    Err(_) => (None, &[][..]),
+                };
+                match CallResult::from_answer(vendor, replay.settlement, held, Attempt::Repeat, status, body) {
+                    (CallResult::Unknown, _) => {
                         let attempts = ledger.attempts(id);
                         ledger.resolve_later(store, now, id, backoff(first_backoff, attempts))
                     }
+                    (result, vendor_object_id) => ledger.resolve(store, now, id, result, status, vendor_object_id),
                 }
             })?;
         }
@@ -466,6 +488,29 @@ impl LedgerStore for SqlStore {
         let rows: Vec<RecordRow> =
             self.sql.exec("SELECT record FROM idempotency_keys WHERE key = ?", vec![key.into()])?.to_array()?;
         rows.first().map(|r| serde_json::from_str(&r.record)).transpose().map_err(Into::into)
+    }
+
+    fn put_replay(&self, id: u64, replay: &Replay) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO replays (id, record) VALUES (?, ?)",
+            vec![int(id), serde_json::to_string(replay)?.into()],
+        )?;
+        Ok(())
+    }
+
+    fn get_replay(&self, id: u64) -> Result<Option<Replay>> {
+        #[derive(Deserialize)]
+        struct RecordRow {
+            record: String,
+        }
+        let rows: Vec<RecordRow> =
+            self.sql.exec("SELECT record FROM replays WHERE id = ?", vec![int(id)])?.to_array()?;
+        rows.first().map(|r| serde_json::from_str(&r.record)).transpose().map_err(Into::into)
+    }
+
+    fn delete_replay(&self, id: u64) -> Result<()> {
+        self.sql.exec("DELETE FROM replays WHERE id = ?", vec![int(id)])?;
+        Ok(())
     }
 
     fn put_idempotency(&self, r: &Remembered) -> Result<()> {

@@ -7,14 +7,19 @@
 //! - **lost reports**: a call whose Worker never reported back is swept, after a bound, to an
 //!   unknown outcome. It is never silently released: the vendor may have charged.
 
-use super::{KeyUse, Ledger, LedgerStore, Reservation, Unresolved, IDEMPOTENCY_RETENTION_MS};
+use super::{KeyUse, Ledger, LedgerStore, Reservation, Unresolved};
 use crate::core::audit::{AuditRow, Outcome};
 use crate::core::money::Micros;
-use crate::durable_objects::protocol::{CallResult, Replay};
+use crate::durable_objects::protocol::CallResult;
 use serde::{Deserialize, Serialize};
 
 /// How long a vendor has to publish a price before the estimate is kept for good.
 pub const RECONCILE_GIVE_UP_MS: u64 = 24 * 3_600_000;
+
+/// How long after a key's first use its call may be sent again: an hour inside the vendors'
+/// 24 h idempotency retention, so that a last replay, and its timeout, land within it. After
+/// that a replay could run the call a second time.
+pub const REPLAY_WINDOW_MS: u64 = 23 * 3_600_000;
 
 /// A debited estimate waiting for the vendor's real price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,22 +144,55 @@ impl Ledger {
                 continue;
             }
             self.remember(store, r, KeyUse::Unknown, None, Micros::ZERO, None)?;
-            let unresolved = Unresolved { row, replay: None, attempts: 0, next_at_ms: now_ms };
+            let unresolved = Unresolved { row, replay_until_ms: None, attempts: 0, next_at_ms: now_ms };
             self.hold_as_unknown(store, r.clone(), unresolved)?;
         }
         Ok(stale.len())
     }
 
-    /// Ambiguous calls that can be sent again now, with the key they were sent under.
-    pub fn due_replays(&self, now_ms: u64) -> Vec<(u64, Replay)> {
+    /// Until when the reservation's call may be replayed: its key's first use plus
+    /// [`REPLAY_WINDOW_MS`], or `None` if that has passed or it has no key.
+    pub(super) fn replay_window_end<S: LedgerStore>(
+        &self,
+        store: &S,
+        r: &Reservation,
+    ) -> Result<Option<u64>, S::Error> {
+        let Some(key) = &r.idempotency_key else { return Ok(None) };
+        let first_use =
+            store.get_idempotency(key)?.filter(|seen| seen.reservation_id == r.id).map(|seen| seen.created_ms);
+        Ok(first_use.map(|t| t + REPLAY_WINDOW_MS).filter(|end| *end > r.started_ms))
+    }
+
+    /// Whether the key may still send calls: not revoked, not expired.
+    fn may_send(&self, now_ms: u64) -> bool {
+        self.key.revoked_at_ms.is_none() && now_ms < self.key.config.expires_at_ms
+    }
+
+    /// Ambiguous calls that can be sent again now. None once the key is revoked or expired:
+    /// a replay of a call that never reached the vendor would run it.
+    pub fn due_replays(&self, now_ms: u64) -> Vec<u64> {
+        if !self.may_send(now_ms) {
+            return Vec::new();
+        }
         self.open
             .values()
-            .filter_map(|r| {
-                let u = r.unknown.as_ref()?;
-                let replay = u.replay.clone()?;
-                (u.next_at_ms <= now_ms).then_some((r.id, replay))
+            .filter(|r| {
+                r.unknown
+                    .as_ref()
+                    .is_some_and(|u| u.replay_until_ms.is_some_and(|end| now_ms < end) && u.next_at_ms <= now_ms)
             })
+            .map(|r| r.id)
             .collect()
+    }
+
+    /// Whether the reservation may be replayed at `now_ms`; checked again right before sending.
+    pub fn may_replay(&self, id: u64, now_ms: u64) -> bool {
+        self.may_send(now_ms)
+            && self
+                .open
+                .get(&id)
+                .and_then(|r| r.unknown.as_ref())
+                .is_some_and(|u| u.replay_until_ms.is_some_and(|end| now_ms < end))
     }
 
     /// The vendor's answer to a replay settles an ambiguous call: a 2xx debits what it reports,
@@ -180,6 +218,7 @@ impl Ledger {
         };
         self.remember(store, &r, state, status, cost, vendor_object_id.clone())?;
         self.close(store, &r, cost)?;
+        store.delete_replay(id)?;
         store.append_audit(&AuditRow {
             status,
             outcome: result.outcome(),
@@ -192,8 +231,8 @@ impl Ledger {
     }
 
     /// The replay did not tell (still a 5xx, a 409 while the first call runs, a timeout): try
-    /// again after `backoff_ms`. After the vendor's idempotency retention a replay could charge
-    /// again, so it stops: the hold stays and the call stays counted as unresolved.
+    /// again after `backoff_ms`. Past the replay window (counted from the key's first use) a
+    /// replay could charge again, so it stops: the hold stays, counted as unresolved.
     pub fn resolve_later<S: LedgerStore>(
         &mut self,
         store: &S,
@@ -205,8 +244,9 @@ impl Ledger {
         let Some(u) = r.unknown.as_mut() else { return Ok(()) };
         u.attempts += 1;
         u.next_at_ms = now_ms + backoff_ms;
-        if u.next_at_ms >= u.row.ts_ms + IDEMPOTENCY_RETENTION_MS {
-            u.replay = None;
+        if u.replay_until_ms.is_some_and(|end| u.next_at_ms >= end) {
+            u.replay_until_ms = None;
+            store.delete_replay(id)?;
         }
         store.put_reservation(r)?;
         Ok(())
@@ -222,13 +262,14 @@ impl Ledger {
         self.open.get(&id).and_then(|r| r.unknown.as_ref()).map_or(0, |u| u.attempts)
     }
 
-    /// When the alarm next has work: a price to ask for, a replay to send, or a held call to
-    /// sweep once it is `stale_after_ms` old.
-    pub fn next_alarm_at(&self, stale_after_ms: u64) -> Option<u64> {
+    /// When the alarm next has work: a price to ask for, a replay to send (while the key may
+    /// send), or a held call to sweep once it is `stale_after_ms` old.
+    pub fn next_alarm_at(&self, now_ms: u64, stale_after_ms: u64) -> Option<u64> {
+        let may_send = self.may_send(now_ms);
         let reconciling = self.reconciling.values().map(|r| r.next_at_ms);
         let open = self.open.values().filter_map(|r| match &r.unknown {
             None => Some(r.started_ms + stale_after_ms),
-            Some(u) => u.replay.as_ref().map(|_| u.next_at_ms),
+            Some(u) => u.replay_until_ms.filter(|_| may_send).map(|_| u.next_at_ms),
         });
         reconciling.chain(open).min()
     }

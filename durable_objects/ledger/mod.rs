@@ -14,6 +14,7 @@ mod late;
 mod tests;
 
 use crate::core::allowlist;
+use crate::core::answer::Attempt;
 use crate::core::audit::{AuditRow, Outcome};
 use crate::core::clock::{secs_until_next_utc_day, utc_day, MAX_TTL_SECS, MS_PER_SEC};
 use crate::core::cost::Quote;
@@ -25,11 +26,15 @@ use crate::durable_objects::protocol::{CallResult, FinishCall, Replay, ReserveCa
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use late::{Reconciliation, RECONCILE_GIVE_UP_MS};
+pub use late::{Reconciliation, RECONCILE_GIVE_UP_MS, REPLAY_WINDOW_MS};
 
 /// How long an `Idempotency-Key` is remembered: the vendors' own retention (Stripe, Resend).
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3_600_000;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Keys Keybrake makes up start with this. A client may send one back only if this vault key
+/// made it: the vendor's idempotency namespace is account-wide, so a key made for another
+/// vault key would reach that key's calls.
+pub const MADE_UP_PREFIX: &str = "kb_";
 
 /// The durable part of a key other than its open reservations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,26 +71,32 @@ pub struct Reservation {
 pub struct Unresolved {
     /// The call's audit row, sent again with the real outcome once it is known.
     pub row: AuditRow,
-    /// The request, to send again under the same `Idempotency-Key`. `None` when the vendor
-    /// has no idempotency (Twilio) or the Worker never reported back: the hold then stays
-    /// and the key's state counts it as unresolved.
-    pub replay: Option<Replay>,
+    /// Until when the call may be sent again under the same `Idempotency-Key` (its
+    /// [`Replay`] is kept in the store, apart, so that waking the object never loads bodies).
+    /// `None` when it never may: the vendor has no idempotency (Twilio), the Worker never
+    /// reported back, the key was revoked, or the vendor's window has passed. The hold then
+    /// stays, and the key's state counts it as unresolved.
+    #[serde(default)]
+    pub replay_until_ms: Option<u64>,
     pub attempts: u32,
     pub next_at_ms: u64,
 }
 
-/// An `Idempotency-Key` the ledger has seen on this vault key.
+/// An `Idempotency-Key` the ledger has seen on this vault key, bound at first use to the
+/// fingerprint of its call: a retry is admitted only if it is that same call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remembered {
     pub key: String,
-    pub method: String,
-    pub path: String,
+    /// See [`ReserveCall::fingerprint`].
+    #[serde(default)]
+    pub fingerprint: String,
     /// The reservation that holds, or held, the call's money.
     pub reservation_id: u64,
     pub state: KeyUse,
     pub status: Option<u16>,
     pub cost: Micros,
     pub vendor_object_id: Option<String>,
+    /// The key's first use: the vendor's retention counts from here.
     pub created_ms: u64,
 }
 
@@ -116,6 +127,10 @@ pub trait LedgerStore {
     /// Looked up on demand, so thousands of remembered keys cost nothing until used.
     fn get_idempotency(&self, key: &str) -> Result<Option<Remembered>, Self::Error>;
     fn put_idempotency(&self, r: &Remembered) -> Result<(), Self::Error>;
+    /// The request of an unknown call, kept apart from the ledger and read only to replay it.
+    fn put_replay(&self, id: u64, replay: &Replay) -> Result<(), Self::Error>;
+    fn get_replay(&self, id: u64) -> Result<Option<Replay>, Self::Error>;
+    fn delete_replay(&self, id: u64) -> Result<(), Self::Error>;
 }
 
 /// A call the ledger let through.
@@ -126,6 +141,8 @@ pub struct Admitted {
     pub units: u64,
     /// The key to send upstream as `Idempotency-Key`.
     pub idempotency_key: Option<String>,
+    /// A repeat of a call whose outcome is unknown: a 429 then says nothing about the first.
+    pub attempt: Attempt,
 }
 
 #[derive(Debug)]
@@ -164,6 +181,10 @@ impl Ledger {
 
     /// Runs the contract's checks in order and, if all pass, holds the price against today's cap.
     /// A refusal of an authenticated call is audited; a failed authentication writes nothing.
+    ///
+    /// One admission rule for every call, first try or retry: a retry under a remembered
+    /// `Idempotency-Key` must be the same call (its fingerprint), and is then priced and checked
+    /// like any call. It may reuse its own hold only because it is that same call.
     pub fn reserve<S: LedgerStore>(
         &mut self,
         store: &S,
@@ -178,16 +199,24 @@ impl Ledger {
         let admitted = match self.check_key(now_ms, &call) {
             Err(error) => Err(error),
             Ok(()) => match self.recall(store, now_ms, &call)? {
-                Some(seen) if seen.method != call.method || seen.path != call.path => {
-                    Err(ProxyError::IdempotencyMismatch)
+                None if call.idempotent && call.idempotency_key.as_deref().is_some_and(is_made_up) => {
+                    Err(ProxyError::InvalidRequest(format!(
+                        "Idempotency-Key values starting with {MADE_UP_PREFIX} are made by Keybrake; \
+                         send back only one it gave this vault key"
+                    )))
                 }
+                Some(seen) if seen.fingerprint != call.fingerprint => Err(ProxyError::IdempotencyMismatch),
                 Some(seen) if seen.state == KeyUse::InFlight => Err(ProxyError::IdempotencyInFlight),
-                // Replays hold nothing new, so they skip pricing and the cap.
-                Some(seen) if seen.state == KeyUse::Settled => Ok(self.admit_replay(seq, now_ms, &call, seen)),
+                // The money moved the first time: the vendor replays its answer, nothing new is
+                // held. The price is still checked, as for any call.
+                Some(seen) if seen.state == KeyUse::Settled => match call.price.clone() {
+                    Ok(_) => Ok(self.admit_replay(seq, now_ms, &call, seen)),
+                    Err(error) => Err(error),
+                },
                 Some(seen) if seen.state == KeyUse::Unknown && self.open.contains_key(&seen.reservation_id) => {
-                    Ok(self.admit_retry_of_unknown(store, now_ms, seen)?)
+                    self.admit_retry_of_unknown(store, now_ms, &call, seen)?
                 }
-                _ => match self.check_price(now_ms, &call) {
+                _ => match self.check_price(now_ms, &call, Micros::ZERO) {
                     Ok((amount, units)) => Ok(self.admit(store, seq, now_ms, &call, amount, units)?),
                     Err(error) => Err(error),
                 },
@@ -224,6 +253,7 @@ impl Ledger {
     }
 
     /// A new call: hold its price, and remember its `Idempotency-Key` (made up if need be).
+    /// Vendors without idempotency get no key at all: theirs would be forwarded for nothing.
     fn admit<S: LedgerStore>(
         &mut self,
         store: &S,
@@ -234,8 +264,9 @@ impl Ledger {
         units: u64,
     ) -> Result<Admitted, S::Error> {
         let idempotency_key = match (call.idempotent, &call.idempotency_key) {
-            (true, None) => Some(format!("kb_{}_{seq}", self.key.config.key_id)),
-            (_, key) => key.clone(),
+            (true, None) => Some(format!("{MADE_UP_PREFIX}{}_{seq}", self.key.config.key_id)),
+            (true, key) => key.clone(),
+            (false, _) => None,
         };
         let reservation = Reservation {
             id: seq,
@@ -248,11 +279,10 @@ impl Ledger {
             replay: false,
             unknown: None,
         };
-        if let (true, Some(key)) = (call.idempotent, &idempotency_key) {
+        if let Some(key) = &idempotency_key {
             store.put_idempotency(&Remembered {
                 key: key.clone(),
-                method: reservation.method.clone(),
-                path: reservation.path.clone(),
+                fingerprint: call.fingerprint.clone(),
                 reservation_id: seq,
                 state: KeyUse::InFlight,
                 status: None,
@@ -263,7 +293,7 @@ impl Ledger {
         }
         self.reserved_today = self.reserved_today.checked_add(amount).unwrap_or(Micros(u64::MAX));
         self.open.insert(reservation.id, reservation.clone());
-        Ok(Admitted { reservation, units, idempotency_key })
+        Ok(Admitted { reservation, units, idempotency_key, attempt: Attempt::First })
     }
 
     /// The key's call was settled: forward so the vendor replays its stored answer, holding
@@ -281,24 +311,44 @@ impl Ledger {
             unknown: None,
         };
         self.open.insert(reservation.id, reservation.clone());
-        Admitted { reservation, units: 1, idempotency_key: Some(seen.key) }
+        Admitted { reservation, units: 1, idempotency_key: Some(seen.key), attempt: Attempt::First }
     }
 
-    /// The key's call ended ambiguously and its hold is still open: this retry, under the same
-    /// key, will learn the outcome (the vendor replays it or runs the call once). It takes over
-    /// the original hold instead of adding another.
+    /// The key's call ended ambiguously and its hold is still open: this retry is the same
+    /// call (same fingerprint), and will learn the outcome (the vendor replays it or runs the
+    /// call once). It is priced and checked like any call, counting its own hold as available,
+    /// and takes that hold over, growing it should the price have grown.
     fn admit_retry_of_unknown<S: LedgerStore>(
         &mut self,
         store: &S,
         now_ms: u64,
+        call: &ReserveCall,
         seen: Remembered,
-    ) -> Result<Admitted, S::Error> {
-        let mut reservation = self.open[&seen.reservation_id].clone();
+    ) -> Result<Result<Admitted, ProxyError>, S::Error> {
+        let Some(mut reservation) = self.open.get(&seen.reservation_id).cloned() else {
+            return Ok(Err(ProxyError::Internal));
+        };
+        let own_hold = if reservation.day == self.key.day { reservation.amount } else { Micros::ZERO };
+        let (amount, _) = match self.check_price(now_ms, call, own_hold) {
+            Ok(priced) => priced,
+            Err(error) => return Ok(Err(error)),
+        };
+        if amount > reservation.amount {
+            if reservation.day != self.key.day {
+                // Yesterday's hold cannot grow into today's cap.
+                return Ok(Err(ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) }));
+            }
+            self.reserved_today =
+                self.reserved_today.saturating_sub(reservation.amount).checked_add(amount).unwrap_or(Micros(u64::MAX));
+            reservation.amount = amount;
+        }
         reservation.unknown = None;
         reservation.started_ms = now_ms;
+        // The retry carries the same request: if it too ends unknown, it brings a new copy.
+        store.delete_replay(reservation.id)?;
         store.put_idempotency(&Remembered { state: KeyUse::InFlight, ..seen.clone() })?;
         self.open.insert(reservation.id, reservation.clone());
-        Ok(Admitted { reservation, units: 1, idempotency_key: Some(seen.key) })
+        Ok(Ok(Admitted { reservation, units: 1, idempotency_key: Some(seen.key), attempt: Attempt::Repeat }))
     }
 
     /// The contract's checks 2 to 4: revocation, expiry, the allowlist (with the key's rules on
@@ -307,6 +357,11 @@ impl Ledger {
         let config = &self.key.config;
         if let Some(error) = &call.refused {
             return Err(error.clone());
+        }
+        if call.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
+            return Err(ProxyError::InvalidRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )));
         }
         if self.key.revoked_at_ms.is_some() {
             return Err(ProxyError::KeyRevoked);
@@ -323,20 +378,19 @@ impl Ledger {
         if call.expand && !config.allow_expand {
             return Err(ProxyError::ParameterNotAllowed("expand[]".into()));
         }
-        if call.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
-            return Err(ProxyError::InvalidRequest(format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
-            )));
-        }
         Ok(())
     }
 
-    /// The contract's checks 5 to 8: the price, the per-call limit, the daily cap. Returns the
+    /// The contract's checks 5 to 8: the price, the per-call limit, the daily cap, with
+    /// `own_hold` (a retry's own hold, which it takes over) counted as available. Returns the
     /// amount to hold and, for a per-unit quote, how many units it buys.
-    fn check_price(&self, now_ms: u64, call: &ReserveCall) -> Result<(Micros, u64), ProxyError> {
+    fn check_price(&self, now_ms: u64, call: &ReserveCall, own_hold: Micros) -> Result<(Micros, u64), ProxyError> {
         let config = &self.key.config;
         let cap_hit = || ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) };
-        let available = config.daily_cap.saturating_sub(self.key.spent).saturating_sub(self.reserved_today);
+        let available = config
+            .daily_cap
+            .saturating_sub(self.key.spent)
+            .saturating_sub(self.reserved_today.saturating_sub(own_hold));
         match call.price.clone()? {
             Quote::Fixed { amount } => {
                 if config.max_per_call.is_some_and(|max| amount > max) {
@@ -388,7 +442,17 @@ impl Ledger {
             return Ok(());
         }
         if call.result == CallResult::Unknown {
-            let unresolved = Unresolved { row: row.clone(), replay: call.replay, attempts: 0, next_at_ms: now_ms };
+            let replay_until_ms = match call.replay {
+                Some(replay) if self.key.revoked_at_ms.is_none() => {
+                    let until = self.replay_window_end(store, &r)?;
+                    if until.is_some() {
+                        store.put_replay(r.id, &replay)?;
+                    }
+                    until
+                }
+                _ => None,
+            };
+            let unresolved = Unresolved { row: row.clone(), replay_until_ms, attempts: 0, next_at_ms: now_ms };
             self.remember(store, &r, KeyUse::Unknown, call.status, Micros::ZERO, None)?;
             self.hold_as_unknown(store, r, unresolved)?;
             return Ok(());
@@ -460,12 +524,23 @@ impl Ledger {
     }
 
     /// Revokes the key. Idempotent: a second revoke keeps the first time.
+    ///
+    /// A revoked key sends nothing more with a body: calls whose outcome is unknown are no
+    /// longer replayed. Their holds stay, counted as unresolved, since the vendor may have
+    /// charged. Calls in flight are waited for by the object before it answers.
     pub fn revoke<S: LedgerStore>(&mut self, store: &S, now_ms: u64) -> Result<u64, S::Error> {
         if let Some(at) = self.key.revoked_at_ms {
             return Ok(at);
         }
         self.key.revoked_at_ms = Some(now_ms);
         store.put_counters(&self.key)?;
+        for r in self.open.values_mut() {
+            if let Some(u) = r.unknown.as_mut().filter(|u| u.replay_until_ms.is_some()) {
+                u.replay_until_ms = None;
+                store.put_reservation(r)?;
+                store.delete_replay(r.id)?;
+            }
+        }
         Ok(now_ms)
     }
 
@@ -493,9 +568,11 @@ impl Ledger {
         Ok(Ok(()))
     }
 
-    /// Calls let through whose vendor call has not finished.
-    pub fn in_flight(&self) -> usize {
-        self.open.values().filter(|r| r.unknown.is_none()).count()
+    /// Calls let through whose vendor call may still be under way: not reported back, and
+    /// admitted less than `cut_off_ms` ago. Past that the Worker has aborted its vendor call,
+    /// or has died and its connection with it.
+    pub fn in_flight(&self, now_ms: u64, cut_off_ms: u64) -> usize {
+        self.open.values().filter(|r| r.unknown.is_none() && now_ms < r.started_ms + cut_off_ms).count()
     }
 
     pub fn state(&mut self, now_ms: u64, audit_pending: u64) -> KeyState {
@@ -561,7 +638,8 @@ impl Ledger {
             cost_micros: 0,
             outcome: Outcome::Denied,
             vendor_object_id: None,
-            idempotency_key,
+            // Bounded whatever the client sent: refusals are audited before length is judged.
+            idempotency_key: idempotency_key.map(|k| crate::core::cost::truncate(&k, MAX_IDEMPOTENCY_KEY_LEN)),
             latency_ms: None,
             estimated_micros: None,
             reconciled_at_ms: None,
@@ -569,7 +647,13 @@ impl Ledger {
     }
 }
 
+/// Whether a client's `Idempotency-Key` is in the namespace of keys Keybrake makes up.
+fn is_made_up(key: &str) -> bool {
+    key.starts_with(MADE_UP_PREFIX)
+}
+
 /// An in-memory [`LedgerStore`] for tests: it keeps exactly what a real store would.
+#[cfg(test)]
 #[derive(Default, Debug)]
 pub struct MemoryStore {
     pub key: std::cell::RefCell<Option<KeyRecord>>,
@@ -577,8 +661,10 @@ pub struct MemoryStore {
     pub audit: std::cell::RefCell<Vec<AuditRow>>,
     pub reconciliations: std::cell::RefCell<BTreeMap<u64, Reconciliation>>,
     pub idempotency: std::cell::RefCell<BTreeMap<String, Remembered>>,
+    pub replays: std::cell::RefCell<BTreeMap<u64, Replay>>,
 }
 
+#[cfg(test)]
 impl LedgerStore for MemoryStore {
     type Error = std::convert::Infallible;
     fn put_key(&self, key: &KeyRecord) -> Result<(), Self::Error> {
@@ -623,8 +709,20 @@ impl LedgerStore for MemoryStore {
         self.idempotency.borrow_mut().insert(r.key.clone(), r.clone());
         Ok(())
     }
+    fn put_replay(&self, id: u64, replay: &Replay) -> Result<(), Self::Error> {
+        self.replays.borrow_mut().insert(id, replay.clone());
+        Ok(())
+    }
+    fn get_replay(&self, id: u64) -> Result<Option<Replay>, Self::Error> {
+        Ok(self.replays.borrow().get(&id).cloned())
+    }
+    fn delete_replay(&self, id: u64) -> Result<(), Self::Error> {
+        self.replays.borrow_mut().remove(&id);
+        Ok(())
+    }
 }
 
+#[cfg(test)]
 impl MemoryStore {
     /// The ledger a fresh object would load from this store.
     pub fn reload(&self) -> Option<Ledger> {

@@ -32,8 +32,14 @@ fn new_ledger(cap: u64) -> (MemoryStore, Ledger) {
     (store, ledger)
 }
 
+/// The fingerprint the Worker would compute: here, from what differs between test calls.
+fn fingerprint_of(path: &str, price: &Result<u64, ProxyError>) -> String {
+    format!("POST {path} {price:?}")
+}
+
 fn call(price: Result<u64, ProxyError>) -> ReserveCall {
     ReserveCall {
+        fingerprint: fingerprint_of("/v1/payment_intents", &price),
         vendor: Vendor::Stripe,
         secret_hash: hash(),
         method: "POST".into(),
@@ -184,7 +190,7 @@ fn ambiguous_outcomes_keep_the_money_held() {
     let state = ledger.state(T0, 0);
     assert_eq!((state.spent, state.reserved), (Micros::ZERO, Micros(700)));
     assert!(reserve(&mut ledger, &store, T0, 301).is_err());
-    assert_eq!(ledger.in_flight(), 0, "the vendor call itself is over");
+    assert_eq!(ledger.in_flight(T0, 60_000), 0, "the vendor call itself is over");
     assert!(store.reload().unwrap().open[&r.id].unknown.is_some());
     assert_eq!(ledger.state(T0, 0).unresolved, 1);
 }
@@ -287,7 +293,7 @@ fn reconciliation_moves_spend_from_the_estimate_to_the_real_price() {
 
     ledger.reconcile_later(&store, T0 + 1, id, 30_000).unwrap();
     assert!(ledger.due_reconciliations(T0 + 1).is_empty());
-    assert_eq!(ledger.next_alarm_at(MS_PER_DAY), Some(T0 + 30_001));
+    assert_eq!(ledger.next_alarm_at(T0, MS_PER_DAY), Some(T0 + 30_001));
     assert_eq!(store.reload().unwrap().reconciling[&id].attempts, 1, "the backoff is stored");
 
     ledger.reconcile(&store, T0 + 40_000, id, Micros(8_300)).unwrap();
@@ -374,6 +380,7 @@ fn a_key_in_flight_gets_409_and_a_mismatch_422() {
     assert_eq!(admit(&mut ledger, &store, T0, keyed(Some("k1"), 100_000)), Err(ProxyError::IdempotencyInFlight));
     let mut other_path = keyed(Some("k1"), 100_000);
     other_path.path = "/v1/payment_intents/pi_1".into();
+    other_path.fingerprint = fingerprint_of(&other_path.path, &Ok(100_000));
     ledger.key.config.allowed_endpoints.push("POST /v1/payment_intents/{id}".into());
     assert_eq!(admit(&mut ledger, &store, T0, other_path), Err(ProxyError::IdempotencyMismatch));
     assert_eq!(ledger.state(T0, 0).reserved, Micros(100_000), "refusals hold nothing");
@@ -432,8 +439,8 @@ fn the_alarm_resolves_unknown_calls_by_replay() {
     end(&mut ledger, &store, T0, a.reservation.id, CallResult::Unknown, Some(replay_of("k1")));
     end(&mut ledger, &store, T0, b.reservation.id, CallResult::Unknown, Some(replay_of("k2")));
     let due = ledger.due_replays(T0);
-    assert_eq!(due.len(), 2);
-    assert_eq!(due[0].1, replay_of("k1"));
+    assert_eq!(due, vec![a.reservation.id, b.reservation.id]);
+    assert_eq!(store.get_replay(due[0]).unwrap(), Some(replay_of("k1")), "kept apart from the ledger");
 
     ledger
         .resolve(
@@ -447,7 +454,7 @@ fn the_alarm_resolves_unknown_calls_by_replay() {
         .unwrap();
     ledger.resolve_later(&store, T0 + 10, b.reservation.id, 1_000).unwrap();
     assert_eq!(ledger.due_replays(T0 + 10).len(), 0);
-    assert_eq!(ledger.next_alarm_at(MS_PER_DAY), Some(T0 + 1_010));
+    assert_eq!(ledger.next_alarm_at(T0, MS_PER_DAY), Some(T0 + 1_010));
     ledger.resolve(&store, T0 + 2_000, b.reservation.id, CallResult::Released, Some(402), None).unwrap();
 
     let state = ledger.state(T0 + 2_000, 0);
@@ -485,12 +492,13 @@ fn calls_whose_worker_never_reported_back_are_swept_to_unknown_not_released() {
     let (store, mut ledger) = new_ledger(1_000_000);
     let a = admit(&mut ledger, &store, T0, keyed(Some("k1"), 100_000)).unwrap();
     let b = admit(&mut ledger, &store, T0 + 50_000, keyed(Some("k2"), 100_000)).unwrap();
-    assert_eq!(ledger.next_alarm_at(60_000), Some(T0 + 60_000));
+    assert_eq!(ledger.next_alarm_at(T0, 60_000), Some(T0 + 60_000));
     assert_eq!(ledger.sweep_stale(&store, T0 + 59_999, 60_000).unwrap(), 0);
     assert_eq!(ledger.sweep_stale(&store, T0 + 60_000, 60_000).unwrap(), 1);
     let state = ledger.state(T0 + 60_000, 0);
     assert_eq!((state.reserved, state.unresolved), (Micros(200_000), 1), "the money stays held");
-    assert_eq!(ledger.in_flight(), 1);
+    assert_eq!(ledger.in_flight(T0 + 60_000, 60_000), 1, "b, admitted 10 s ago");
+    assert_eq!(ledger.in_flight(T0 + 110_000, 60_000), 0, "past its cut-off, a lost call is not waited for");
     let row = store.audit.borrow().last().unwrap().clone();
     assert_eq!((row.outcome, row.status, row.reserved_micros), (Outcome::Unknown, None, 100_000));
     // A late report from the lost Worker changes nothing; a retry under the key resolves it.
@@ -538,6 +546,126 @@ fn connected_accounts_and_expand_follow_the_key() {
     assert!(admit(&mut ledger, &store, T0, with(None, true)).is_ok());
 }
 
+/// A retry under `key` whose body differs from the first call's: another amount.
+fn keyed_other_body(key: &str, amount: u64) -> ReserveCall {
+    ReserveCall { fingerprint: format!("other body {amount}"), ..keyed(Some(key), amount) }
+}
+
+fn unknown_with_replay(ledger: &mut Ledger, store: &MemoryStore, now: u64, key: &str, amount: u64) -> Admitted {
+    let a = admit(ledger, store, now, keyed(Some(key), amount)).unwrap();
+    end(ledger, store, now, a.reservation.id, CallResult::Unknown, Some(replay_of(key)));
+    a
+}
+
+#[test]
+fn a_retry_with_another_body_is_refused_whatever_became_of_the_first() {
+    let (store, mut ledger) = new_ledger(5_000_000);
+    // Unknown: $2 held. A retry for $40 (or in EUR) under the same key is not that call.
+    unknown_with_replay(&mut ledger, &store, T0, "k1", 2_000_000);
+    assert_eq!(
+        admit(&mut ledger, &store, T0 + 1, keyed_other_body("k1", 40_000_000)),
+        Err(ProxyError::IdempotencyMismatch)
+    );
+    let eur = ReserveCall { fingerprint: "currency=eur".into(), ..keyed(Some("k1"), 2_000_000) };
+    assert_eq!(admit(&mut ledger, &store, T0 + 1, eur), Err(ProxyError::IdempotencyMismatch));
+    assert_eq!(ledger.state(T0 + 1, 0).reserved, Micros(2_000_000), "the hold is untouched");
+    // Settled and in flight alike.
+    let s = admit(&mut ledger, &store, T0 + 2, keyed(Some("k2"), 100_000)).unwrap();
+    assert_eq!(admit(&mut ledger, &store, T0 + 2, keyed_other_body("k2", 1)), Err(ProxyError::IdempotencyMismatch));
+    end(&mut ledger, &store, T0 + 2, s.reservation.id, CallResult::Settled { cost: Micros(100_000) }, None);
+    assert_eq!(admit(&mut ledger, &store, T0 + 3, keyed_other_body("k2", 1)), Err(ProxyError::IdempotencyMismatch));
+    let rows = store.audit.borrow();
+    assert_eq!(rows.iter().filter(|r| r.decision == "idempotency_mismatch").count(), 4, "each refusal audited");
+}
+
+#[test]
+fn a_retry_of_an_unknown_call_is_priced_and_checked_like_any_call() {
+    let (store, mut ledger) = new_ledger(2_500_000);
+    unknown_with_replay(&mut ledger, &store, T0, "k1", 2_000_000);
+    // The same call, but the price now fails a check (a table changed): refused, hold kept.
+    let refused = ReserveCall { price: Err(ProxyError::CurrencyNotAllowed), ..keyed(Some("k1"), 2_000_000) };
+    assert_eq!(admit(&mut ledger, &store, T0 + 1, refused), Err(ProxyError::CurrencyNotAllowed));
+    // Its own hold counts as available; a price past it must fit the rest of the cap.
+    let grown = ReserveCall { price: Ok(Quote::Fixed { amount: Micros(3_000_000) }), ..keyed(Some("k1"), 2_000_000) };
+    assert!(matches!(admit(&mut ledger, &store, T0 + 2, grown), Err(ProxyError::CapExhausted { .. })));
+    let fits = ReserveCall { price: Ok(Quote::Fixed { amount: Micros(2_400_000) }), ..keyed(Some("k1"), 2_000_000) };
+    let retry = admit(&mut ledger, &store, T0 + 3, fits).unwrap();
+    assert_eq!((retry.reservation.amount, retry.attempt), (Micros(2_400_000), Attempt::Repeat));
+    assert_eq!(ledger.state(T0 + 3, 0).reserved, Micros(2_400_000));
+    assert!(ledger.state(T0 + 3, 0).reserved <= Micros(2_500_000));
+}
+
+#[test]
+fn keys_in_the_made_up_namespace_are_accepted_only_back_from_this_vault_key() {
+    let (store, mut ledger) = new_ledger(10_000_000);
+    let other = format!("kb_{}_1", "f".repeat(64));
+    assert_eq!(admit(&mut ledger, &store, T0, keyed(Some(&other), 100_000)).unwrap_err().kind(), "invalid_request");
+    let own_unmade = format!("kb_{ID}_99");
+    assert_eq!(
+        admit(&mut ledger, &store, T0, keyed(Some(&own_unmade), 100_000)).unwrap_err().kind(),
+        "invalid_request"
+    );
+    let made = admit(&mut ledger, &store, T0, keyed(None, 100_000)).unwrap();
+    let key = made.idempotency_key.clone().unwrap();
+    end(&mut ledger, &store, T0, made.reservation.id, CallResult::Settled { cost: Micros(100_000) }, None);
+    assert!(admit(&mut ledger, &store, T0 + 1, keyed(Some(&key), 100_000)).unwrap().reservation.replay);
+}
+
+#[test]
+fn a_client_key_is_not_forwarded_to_a_vendor_without_idempotency() {
+    let (store, mut ledger) = new_ledger(1_000_000);
+    let twilio_like = ReserveCall { idempotency_key: Some("client-key".into()), idempotent: false, ..call(Ok(1)) };
+    assert_eq!(admit(&mut ledger, &store, T0, twilio_like).unwrap().idempotency_key, None);
+}
+
+#[test]
+fn revoke_ends_replays_and_keeps_the_holds() {
+    let (store, mut ledger) = new_ledger(1_000_000);
+    unknown_with_replay(&mut ledger, &store, T0, "k1", 100_000);
+    assert_eq!(ledger.due_replays(T0).len(), 1);
+    ledger.revoke(&store, T0 + 1).unwrap();
+    assert!(ledger.due_replays(T0 + 1).is_empty());
+    assert_eq!(ledger.next_alarm_at(T0 + 1, MS_PER_DAY), None, "nothing left to wake for");
+    assert!(store.replays.borrow().is_empty(), "the request body is gone");
+    let state = ledger.state(T0 + 1, 0);
+    assert_eq!((state.reserved, state.unresolved), (Micros(100_000), 1));
+    // A call still in flight at the revoke that ends unknown keeps no replay either.
+    let (store, mut ledger) = new_ledger(1_000_000);
+    let a = admit(&mut ledger, &store, T0, keyed(Some("k1"), 100_000)).unwrap();
+    ledger.revoke(&store, T0 + 1).unwrap();
+    end(&mut ledger, &store, T0 + 2, a.reservation.id, CallResult::Unknown, Some(replay_of("k1")));
+    assert!(ledger.due_replays(T0 + 2).is_empty() && store.replays.borrow().is_empty());
+    assert_eq!(store.reload().unwrap().state(T0 + 2, 0).unresolved, 1);
+}
+
+#[test]
+fn expiry_ends_replays() {
+    let (store, mut ledger) = new_ledger(1_000_000);
+    ledger.key.config.expires_at_ms = T0 + 3_600_000;
+    unknown_with_replay(&mut ledger, &store, T0, "k1", 100_000);
+    let expiry = ledger.key.config.expires_at_ms;
+    assert_eq!(ledger.due_replays(expiry - 1).len(), 1);
+    assert!(ledger.due_replays(expiry).is_empty());
+    assert!(!ledger.may_replay(ledger.open.keys().copied().next().unwrap(), expiry));
+    assert_eq!(ledger.next_alarm_at(expiry, MS_PER_DAY), None);
+}
+
+#[test]
+fn the_replay_window_counts_from_the_keys_first_use() {
+    let (store, mut ledger) = new_ledger(1_000_000);
+    let a = unknown_with_replay(&mut ledger, &store, T0, "k1", 100_000);
+    // The client retries 22 h later; that retry ends unknown too.
+    let later = T0 + 22 * 3_600_000;
+    let retry = admit(&mut ledger, &store, later, keyed(Some("k1"), 100_000)).unwrap();
+    assert_eq!(retry.reservation.id, a.reservation.id);
+    end(&mut ledger, &store, later, retry.reservation.id, CallResult::Unknown, Some(replay_of("k1")));
+    assert_eq!(ledger.due_replays(later), vec![a.reservation.id]);
+    assert!(ledger.due_replays(T0 + REPLAY_WINDOW_MS).is_empty(), "not 23 h after the retry, but after the first use");
+    ledger.resolve_later(&store, later, a.reservation.id, 2 * 3_600_000).unwrap();
+    assert!(store.replays.borrow().is_empty(), "a replay past the window is dropped");
+    assert_eq!(ledger.state(later, 0).unresolved, 1);
+}
+
 /// xorshift64*: deterministic, dependency-free randomness for the property test.
 struct Rng(u64);
 impl Rng {
@@ -560,17 +688,67 @@ fn spent_plus_reserved_never_exceeds_the_cap_over_random_operations() {
         let (store, mut ledger) = new_ledger(cap);
         let mut now = T0;
         let mut open: Vec<Reservation> = Vec::new();
-        for _ in 0..300 {
+        // Idempotency keys used, with the amount of their first call.
+        let mut keys: Vec<(String, u64)> = Vec::new();
+        let mut over_cap = Micros::ZERO; // what vendors reported above the holds
+        for step in 0..300 {
+            let day = crate::core::clock::utc_day(now);
             now += rng.below(600_000); // spans day boundaries and, eventually, expiry
-            match rng.below(10) {
-                0..=4 => {
+            if crate::core::clock::utc_day(now) != day {
+                over_cap = Micros::ZERO; // a new day's spend starts from zero
+            }
+            match rng.below(12) {
+                0..=3 => {
                     if let Ok(r) = reserve(&mut ledger, &store, now, rng.below(1_000_000)) {
                         open.push(r);
                     }
                 }
+                4 => {
+                    // A keyed call, a retry of one, or a retry with another body.
+                    let call = match (keys.is_empty(), rng.below(3)) {
+                        (false, 0) => {
+                            let (key, amount) = keys[rng.below(keys.len() as u64) as usize].clone();
+                            keyed(Some(&key), amount)
+                        }
+                        (false, 1) => {
+                            let (key, _) = keys[rng.below(keys.len() as u64) as usize].clone();
+                            keyed_other_body(&key, rng.below(10_000_000))
+                        }
+                        _ => {
+                            let amount = rng.below(1_000_000);
+                            keys.push((format!("k{step}"), amount));
+                            keyed(Some(&format!("k{step}")), amount)
+                        }
+                    };
+                    // Bound: the key was first used for a call this ledger let through, within
+                    // the retention. Another body under a bound key must never be admitted.
+                    let bound = call.idempotency_key.as_deref().and_then(|k| store.get_idempotency(k).unwrap());
+                    let bound = bound.is_some_and(|r| now < r.created_ms + IDEMPOTENCY_RETENTION_MS);
+                    let other_body = bound && !call.fingerprint.starts_with("POST");
+                    match ledger.reserve(&store, now, call).unwrap() {
+                        Ok(a) => {
+                            assert!(!other_body, "seed {seed}: a retry with another body was admitted");
+                            if !open.iter().any(|r| r.id == a.reservation.id) {
+                                open.push(a.reservation);
+                            }
+                        }
+                        Err(e) if other_body => assert!(
+                            matches!(
+                                e,
+                                ProxyError::IdempotencyMismatch | ProxyError::KeyRevoked | ProxyError::KeyExpired
+                            ),
+                            "seed {seed}: {e:?}"
+                        ),
+                        Err(_) => {}
+                    }
+                }
                 5..=7 if !open.is_empty() => {
                     let r = open.swap_remove(rng.below(open.len() as u64) as usize);
-                    let cost = Micros(rng.below(r.amount.0 + 1)); // vendors never report more than asked here
+                    // Vendors may report less than was held, or more (a price that moved).
+                    let cost = Micros(rng.below(r.amount.0 * 2 + 1));
+                    if cost > r.amount && !r.replay {
+                        over_cap = Micros(over_cap.0 + cost.0 - r.amount.0);
+                    }
                     finish(&mut ledger, &store, now, r.id, CallResult::Settled { cost });
                 }
                 8 if !open.is_empty() => {
@@ -578,19 +756,36 @@ fn spent_plus_reserved_never_exceeds_the_cap_over_random_operations() {
                     let result = if rng.below(2) == 0 { CallResult::Released } else { CallResult::Unknown };
                     finish(&mut ledger, &store, now, r.id, result);
                 }
+                9 => {
+                    for id in ledger.due_replays(now) {
+                        let held = ledger.held(id);
+                        let result = match rng.below(3) {
+                            0 => CallResult::Settled { cost: held },
+                            1 => CallResult::Released,
+                            _ => CallResult::Unknown,
+                        };
+                        if result == CallResult::Unknown {
+                            ledger.resolve_later(&store, now, id, rng.below(3_600_000)).unwrap();
+                        } else {
+                            ledger.resolve(&store, now, id, result, Some(200), None).unwrap();
+                        }
+                    }
+                }
                 _ => {
                     if rng.below(50) == 0 {
                         ledger.revoke(&store, now).unwrap();
+                        assert!(ledger.due_replays(now).is_empty(), "seed {seed}: replays after a revoke");
                     }
                 }
             }
             let state = ledger.state(now, 0);
             let committed = state.spent.0 + state.reserved.0;
             assert!(
-                committed <= cap,
-                "seed {seed}: spent {} + reserved {} > cap {cap}",
+                committed <= cap + over_cap.0,
+                "seed {seed}: spent {} + reserved {} > cap {cap} + reported over holds {}",
                 state.spent.0,
-                state.reserved.0
+                state.reserved.0,
+                over_cap.0
             );
 
             let mut reloaded = store.reload().unwrap();

@@ -44,6 +44,8 @@ pub type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub struct PriceInput<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: &'a str,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
     /// The Worker's vars, for configurable price tables.
@@ -110,6 +112,11 @@ pub fn price(vendor: Vendor, input: &PriceInput<'_>) -> Result<Price, ProxyError
     match rule.cost {
         Cost::Free => Ok(Price::FREE),
         Cost::Unpriceable(why) => Err(ProxyError::CostUnknown(why.into())),
+        // Vendors read a POST's query parameters too (Stripe does): a priced call must carry
+        // every parameter where it is priced from, so an `amount` cannot hide in the query.
+        Cost::Priced(_) if !input.query.is_empty() => Err(ProxyError::InvalidRequest(
+            "this call is priced from its body; send its parameters in the body, not the query string".into(),
+        )),
         Cost::Priced(f) => f(input),
     }
 }
@@ -266,7 +273,8 @@ mod tests {
 
     #[test]
     fn form_bodies_need_the_form_content_type() {
-        let input = |ct| PriceInput { method: "POST", path: "/", content_type: ct, body: b"a=1", vars: &no_vars };
+        let input =
+            |ct| PriceInput { method: "POST", path: "/", query: "", content_type: ct, body: b"a=1", vars: &no_vars };
         assert!(form_body(&input(Some("application/x-www-form-urlencoded; charset=utf-8"))).is_ok());
         assert!(form_body(&input(None)).is_ok());
         assert_eq!(form_body(&input(Some("application/json"))).err().map(|e| e.status()), Some(415));
@@ -288,8 +296,14 @@ mod tests {
 
     #[test]
     fn unlisted_calls_are_refused() {
-        let input =
-            PriceInput { method: "POST", path: "/v1/checkout/sessions", content_type: None, body: b"", vars: &no_vars };
+        let input = PriceInput {
+            method: "POST",
+            path: "/v1/checkout/sessions",
+            query: "",
+            content_type: None,
+            body: b"",
+            vars: &no_vars,
+        };
         assert_eq!(price(Vendor::Stripe, &input).unwrap_err().kind(), "cost_unknown");
     }
 }

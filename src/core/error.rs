@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The shortest `KEYBRAKE_API_KEY` accepted: shorter ones could be guessed.
+pub const MIN_ADMIN_KEY_CHARS: usize = 32;
+
 /// Which vendor's error JSON an answer takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorShape {
@@ -46,11 +49,13 @@ pub enum ProxyError {
     Conflict(String),
     /// The same `Idempotency-Key` is on a call still in flight.
     IdempotencyInFlight,
-    /// The same `Idempotency-Key` was used for a different method or path.
+    /// The same `Idempotency-Key` was first used for a different request.
     IdempotencyMismatch,
     VendorUnreachable,
     /// Nothing was sent: the vendor's credential is not configured.
     VendorNotConfigured,
+    /// `KEYBRAKE_API_KEY` is unset or too short to resist guessing: the admin API is off.
+    AdminNotConfigured,
     /// Something on our side failed. The detail goes to the log, never to the caller.
     Internal,
 }
@@ -74,7 +79,23 @@ impl ProxyError {
             ProxyError::CapExhausted { .. } | ProxyError::TooManyAttempts { .. } => 429,
             ProxyError::Internal => 500,
             ProxyError::VendorUnreachable => 502,
-            ProxyError::VendorNotConfigured => 503,
+            ProxyError::VendorNotConfigured | ProxyError::AdminNotConfigured => 503,
+        }
+    }
+
+    /// Whether the same call may succeed if sent again: a vendor that was unreachable, a
+    /// fault on our side, a key still in flight. Every other refusal is final.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ProxyError::VendorUnreachable | ProxyError::Internal | ProxyError::IdempotencyInFlight)
+    }
+
+    /// When to try again, in seconds, for refusals that end at a known time.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::CapExhausted { retry_after_secs } | ProxyError::TooManyAttempts { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
         }
     }
 
@@ -103,6 +124,7 @@ impl ProxyError {
             ProxyError::IdempotencyMismatch => "idempotency_mismatch",
             ProxyError::VendorUnreachable => "vendor_unreachable",
             ProxyError::VendorNotConfigured => "vendor_not_configured",
+            ProxyError::AdminNotConfigured => "admin_not_configured",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -133,12 +155,17 @@ impl ProxyError {
                 "A call with this Idempotency-Key is still in flight; retry once it has finished.".into()
             }
             ProxyError::IdempotencyMismatch => {
-                "This Idempotency-Key was already used for a different method or path.".into()
+                "This Idempotency-Key was first used for a different request (method, path, query or body); \
+                 a retry must repeat it exactly. Nothing was sent."
+                    .into()
             }
             ProxyError::VendorUnreachable => {
                 "The vendor could not be reached; the call may or may not have taken effect.".into()
             }
             ProxyError::VendorNotConfigured => "Keybrake holds no credential for this vendor; nothing was sent.".into(),
+            ProxyError::AdminNotConfigured => {
+                format!("The admin API is off: set KEYBRAKE_API_KEY to a random secret of at least {MIN_ADMIN_KEY_CHARS} characters.")
+            }
             ProxyError::Internal => "Internal error.".into(),
         }
     }

@@ -2,6 +2,7 @@
 //! It never reads a clock or the network; the shell passes those in. Tested with `cargo test`.
 
 pub mod allowlist;
+pub mod answer;
 pub mod audit;
 pub mod clock;
 pub mod cost;

@@ -2,43 +2,50 @@
 //! The key's Durable Object is the authority; D1 holds the registry and the audit rows.
 
 use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView};
-use crate::core::error::ProxyError;
+use crate::core::error::{ProxyError, MIN_ADMIN_KEY_CHARS};
 use crate::core::keys::{parse_new_key, parse_refresh, IssuedKeyView, KeyView, MAX_BODY_BYTES};
 use crate::core::money::Micros;
 use crate::core::token::{self, bearer_matches, SECRET_BYTES};
-use crate::durable_objects::admin_guard::{self, Attempt, Verdict};
+use crate::durable_objects::admin_guard::{self, Failure, Verdict};
 use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
 use crate::shell::ledger_client::LedgerClient;
 use crate::shell::upstream::env_value;
 use crate::shell::{bearer, internal, js_number, now_ms};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{D1Database, Env, Method, Request, RequestInit, Response};
+use worker::{console_error, D1Database, Env, Method, Request, RequestInit, Response};
 
 type Answer = Result<Response, ProxyError>;
 
-/// Checks the admin token (in constant time) and counts the attempt against the client's IP,
-/// so that guessing the token is slowed to a few tries per window.
+/// Checks the admin token, in constant time. The right token always works: failures are
+/// counted per client, and only further *failures* past the limit are answered 429, so an
+/// agent that shares the operator's address can never lock the operator out of a revoke.
 async fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
     let expected = env.secret("KEYBRAKE_API_KEY").map(|s| s.to_string()).unwrap_or_default();
-    let ok = bearer(req).is_some_and(|presented| bearer_matches(&presented, &expected));
-    let client = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "unknown".into());
+    if expected.chars().count() < MIN_ADMIN_KEY_CHARS {
+        console_error!(
+            "KEYBRAKE_API_KEY is unset or shorter than {MIN_ADMIN_KEY_CHARS} characters; the admin API is off"
+        );
+        return Err(ProxyError::AdminNotConfigured);
+    }
+    if bearer(req).is_some_and(|presented| bearer_matches(&presented, &expected)) {
+        return Ok(());
+    }
+    let ip = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_default();
     let limit =
         env_value(env, "ADMIN_FAILURE_LIMIT").and_then(|v| v.parse().ok()).unwrap_or(admin_guard::DEFAULT_LIMIT);
-    let verdict = guard_attempt(env, &client, &Attempt { ok, limit }).await?;
-    match (verdict.locked_for_secs, ok) {
-        (Some(retry_after_secs), _) => Err(ProxyError::TooManyAttempts { retry_after_secs }),
-        (None, true) => Ok(()),
-        (None, false) => Err(ProxyError::Unauthorized),
+    match guard_failure(env, &admin_guard::client_bucket(&ip), &Failure { limit }).await?.locked_for_secs {
+        Some(retry_after_secs) => Err(ProxyError::TooManyAttempts { retry_after_secs }),
+        None => Err(ProxyError::Unauthorized),
     }
 }
 
-async fn guard_attempt(env: &Env, client: &str, attempt: &Attempt) -> Result<Verdict, ProxyError> {
+async fn guard_failure(env: &Env, bucket: &str, failure: &Failure) -> Result<Verdict, ProxyError> {
     let stub = env
         .durable_object("ADMIN_GUARD")
-        .and_then(|ns| ns.get_by_name(&format!("admin-guard:{client}")))
+        .and_then(|ns| ns.get_by_name(&format!("admin-guard:{bucket}")))
         .map_err(internal("admin guard binding"))?;
-    let body = serde_json::to_string(attempt).map_err(|_| ProxyError::Internal)?;
+    let body = serde_json::to_string(failure).map_err(|_| ProxyError::Internal)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
     let req = Request::new_with_init("https://admin-guard/", &init).map_err(internal("admin guard request"))?;

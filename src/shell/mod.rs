@@ -31,7 +31,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     };
     match answer {
         Ok(response) => Ok(response),
-        Err(e) => error_response(&e, ErrorShape::Stripe),
+        Err(e) => error_response(&e, ErrorShape::Stripe, &[]),
     }
 }
 
@@ -63,25 +63,26 @@ fn raw_path(req: &Request) -> String {
 }
 
 /// Our own error answer, in the error shape of the SDK that will read it, plus
-/// `X-Keybrake-Error`.
-pub fn error_response(e: &ProxyError, shape: ErrorShape) -> Result<Response> {
+/// `X-Keybrake-Error` and the `known` headers of the call so far (its key id and the
+/// Idempotency-Key it went out under).
+pub fn error_response(e: &ProxyError, shape: ErrorShape, known: &[(&str, String)]) -> Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     headers.set("x-keybrake-error", e.kind())?;
-    if let ProxyError::CapExhausted { retry_after_secs } = e {
+    for (name, value) in known {
+        headers.set(name, value)?;
+    }
+    if matches!(e, ProxyError::CapExhausted { .. }) {
         headers.set("x-keybrake-cap-hit", "true")?;
-        headers.set("retry-after", &retry_after_secs.to_string())?;
+    }
+    if let Some(secs) = e.retry_after() {
+        headers.set("retry-after", &secs.to_string())?;
     }
     if let ProxyError::MethodNotAllowed(allow) = e {
         headers.set("allow", allow)?;
     }
-    if let ProxyError::TooManyAttempts { retry_after_secs } = e {
-        headers.set("retry-after", &retry_after_secs.to_string())?;
-    }
-    // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to. The
-    // exceptions may succeed later: a vendor that was unreachable, and a call whose
-    // Idempotency-Key is still in flight (a retry then gets the first call's answer).
-    if !matches!(e, ProxyError::VendorUnreachable | ProxyError::Internal | ProxyError::IdempotencyInFlight) {
+    // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to.
+    if !e.retryable() {
         headers.set("stripe-should-retry", "false")?;
     }
     Ok(Response::from_bytes(e.body_as(shape).into_bytes())?.with_status(e.status()).with_headers(headers))

@@ -1,17 +1,55 @@
-//! The proxy path: authenticate → reserve → forward → settle. The audit row is written by the
-//! key's object in the settle step and reaches D1 from its outbox, off this path.
+//! The proxy path, in named phases over one [`Call`]:
+//!
+//! authenticate → read → reserve → forward → settle → respond.
+//!
+//! `read` prices and fingerprints the request; `reserve` is one step in the key's object;
+//! `forward` and `settle` run in `waitUntil` from the moment the vendor call starts, so a
+//! client that disconnects cannot cut the report to the ledger short. The audit row is
+//! written by the key's object in the settle step and reaches D1 from its outbox.
 
 use crate::core::allowlist::check_canonical_path;
+use crate::core::answer::Attempt;
 use crate::core::cost::{self, PriceInput, Quote, Settlement};
+use crate::core::encoding::hex;
 use crate::core::error::{ErrorShape, ProxyError};
+use crate::core::money::Micros;
 use crate::core::screen::{screen, RequestShape, DEFAULT_MAX_BODY_BYTES};
 use crate::core::token::{basic_password, VaultToken};
-use crate::core::vendor::Vendor;
+use crate::core::vendor::{Vendor, VendorSpec};
 use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
 use crate::shell::ledger_client::LedgerClient;
-use crate::shell::upstream::{self, env_value, NoAnswer};
+use crate::shell::upstream::{self, env_value, Answer, NoAnswer};
 use crate::shell::{error_response, internal, now_ms};
+use sha2::{Digest, Sha256};
 use worker::{console_error, Context, Env, Headers, Method, Request, Response, Result};
+
+/// One proxied call, as the phases fill it in.
+struct Call {
+    vendor: Vendor,
+    spec: &'static VendorSpec,
+    key_id: String,
+    method: Method,
+    /// The upstream path: what was matched, with the vendor's rules applied (Twilio's account).
+    path: String,
+    /// `?…` as received, or empty.
+    query: String,
+    body: Vec<u8>,
+    /// The client's headers that the vendor's allowlist lets through.
+    headers: Vec<(String, String)>,
+    settlement: Settlement,
+    per_unit: bool,
+}
+
+/// What the key's object granted.
+struct Granted {
+    reservation_id: u64,
+    held: Micros,
+    units: u64,
+    remaining: Micros,
+    idempotency_key: Option<String>,
+    stripe_account: Option<String>,
+    attempt: Attempt,
+}
 
 pub async fn forward(
     req: Request,
@@ -24,9 +62,12 @@ pub async fn forward(
     let token = presented.as_deref().and_then(VaultToken::parse);
     // Answer in the shape the caller's SDK reads: the vendor named in the route, else the key's.
     let shape = route_vendor.or(token.as_ref().map(|t| t.vendor)).map_or(ErrorShape::Stripe, |v| v.spec().error_shape);
-    match proxy(req, env, ctx, route_vendor, path, token).await {
+    // Headers every answer carries once they are known, errors included: a client that gets
+    // `vendor_unreachable` needs the Idempotency-Key its call went out under to retry safely.
+    let mut known = Vec::new();
+    match proxy(req, env, ctx, route_vendor, path, token, &mut known).await {
         Ok(response) => Ok(response),
-        Err(e) => error_response(&e, shape),
+        Err(e) => error_response(&e, shape, &known),
     }
 }
 
@@ -45,23 +86,43 @@ fn vault_key(req: &Request) -> Option<String> {
 }
 
 async fn proxy(
-    mut req: Request,
+    req: Request,
     env: &Env,
     ctx: &Context,
     route_vendor: Option<Vendor>,
     path: &str,
     token: Option<VaultToken<'_>>,
+    known: &mut Vec<(&'static str, String)>,
 ) -> std::result::Result<Response, ProxyError> {
-    // 1. Authenticate: a well-formed token naming an object the runtime minted. Nothing is
-    //    created for a token that fails here.
+    // Authenticate: a well-formed token naming an object the runtime minted. Nothing is
+    // created for a token that fails here; the secret itself is checked by the object.
     let token = token.ok_or(ProxyError::InvalidKey)?;
     let ledger = LedgerClient::existing(env, token.key_id).ok_or(ProxyError::InvalidKey)?;
+    let (call, reserve) = read(req, env, route_vendor, path, &token).await?;
+    let granted = reserve_in(&ledger, reserve).await?;
+    known.push(("x-keybrake-key-id", call.key_id.clone()));
+    if let Some(key) = &granted.idempotency_key {
+        known.push(("x-keybrake-idempotency-key", key.clone()));
+    }
+    let (spec, remaining) = (call.spec, granted.remaining);
+    let answer = forward_and_settle(call, granted, ledger, env, ctx).await?;
+    respond(answer, spec, known, remaining)
+}
+
+/// Reads and screens the request, applies the vendor's path rules, and prices it. Refusals
+/// found here that depend on the path are judged by the key's object after it has checked the
+/// secret, so a wrong token gets 401 whatever path it tried.
+async fn read(
+    mut req: Request,
+    env: &Env,
+    route_vendor: Option<Vendor>,
+    path: &str,
+    token: &VaultToken<'_>,
+) -> std::result::Result<(Call, ReserveCall), ProxyError> {
     let vendor = token.vendor;
     let spec = vendor.spec();
     check_canonical_path(path).map_err(|e| ProxyError::InvalidRequest(e.into()))?;
     let vars = |name: &str| env_value(env, name);
-    // The vendor's own path rules are judged by the key's object, after it has authenticated
-    // the key: a wrong token must get 401 whatever path it tried.
     let (path, refused) = match (route_vendor, (spec.upstream_path)(path, &vars)) {
         (Some(v), _) if v != vendor => (path.to_string(), Some(ProxyError::EndpointNotAllowed)),
         (_, Ok(upstream)) => (upstream, None),
@@ -74,7 +135,7 @@ async fn proxy(
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::PayloadTooLarge(max_body));
     }
-    let mut body = match method {
+    let body = match method {
         Method::Get | Method::Head => Vec::new(),
         _ => req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?,
     };
@@ -83,13 +144,14 @@ async fn proxy(
     }
     let content_type = req.headers().get("content-type").ok().flatten();
     let url = req.inner().url();
+    let raw_query = url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
     let header_names: Vec<String> = req.headers().keys().collect();
     let host_header = req.headers().get("host").ok().flatten();
     let screened = screen(&RequestShape {
         url_host: authority(&url),
         host_header: host_header.as_deref(),
         header_names: &header_names,
-        query: url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or("")),
+        query: raw_query,
         content_type: content_type.as_deref(),
         body: &body,
     })?;
@@ -104,17 +166,16 @@ async fn proxy(
             &PriceInput {
                 method: method.as_ref(),
                 path: &path,
+                query: raw_query,
                 content_type: content_type.as_deref(),
                 body: &body,
                 vars: &vars,
             },
         ),
     };
+    let query = if raw_query.is_empty() { String::new() } else { format!("?{raw_query}") };
     let settlement = price.as_ref().map_or(Settlement::Free, |p| p.settlement);
     let per_unit = matches!(price, Ok(cost::Price { quote: Quote::PerUnit { .. }, .. }));
-    let mut headers = upstream::allowed_headers(spec, req.headers());
-
-    // 2. Reserve: every check and the hold happen in one step inside the key's object.
     let reserve = ReserveCall {
         vendor,
         secret_hash: token.secret_hash(),
@@ -123,90 +184,177 @@ async fn proxy(
         price: price.map(|p| p.quote),
         idempotency_key: req.headers().get("idempotency-key").ok().flatten(),
         idempotent: spec.idempotency && method == Method::Post,
+        fingerprint: fingerprint(method.as_ref(), &path, &query, &body),
         stripe_account,
         expand: screened.expand,
         refused,
     };
-    let (reservation_id, held, units, remaining, idempotency_key, pinned_account) =
-        match ledger.call(&LedgerCall::Reserve(reserve)).await? {
-            LedgerReply::Reserved {
-                reservation_id, amount, units, remaining, idempotency_key, stripe_account, ..
-            } => (reservation_id, amount, units, remaining, idempotency_key, stripe_account),
-            LedgerReply::Denied { error } => return Err(error),
-            LedgerReply::NotFound => return Err(ProxyError::InvalidKey),
-            _ => return Err(ProxyError::Internal),
-        };
-    if let Some(key) = &idempotency_key {
+    let call = Call {
+        vendor,
+        spec,
+        key_id: token.key_id.to_string(),
+        settlement,
+        per_unit,
+        headers: upstream::allowed_headers(spec, req.headers()),
+        method,
+        path,
+        query,
+        body,
+    };
+    Ok((call, reserve))
+}
+
+/// SHA-256 over the call as it is sent: an `Idempotency-Key` is bound to it at first use.
+fn fingerprint(method: &str, path: &str, query: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for part in [method.as_bytes(), path.as_bytes(), query.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    hex(&h.finalize())
+}
+
+/// Every check and the hold happen in one uninterrupted step inside the key's object.
+async fn reserve_in(ledger: &LedgerClient, reserve: ReserveCall) -> std::result::Result<Granted, ProxyError> {
+    match ledger.call(&LedgerCall::Reserve(reserve)).await? {
+        LedgerReply::Reserved {
+            reservation_id,
+            amount,
+            units,
+            remaining,
+            idempotency_key,
+            stripe_account,
+            attempt,
+            ..
+        } => Ok(Granted { reservation_id, held: amount, units, remaining, idempotency_key, stripe_account, attempt }),
+        LedgerReply::Denied { error } => Err(error),
+        LedgerReply::NotFound => Err(ProxyError::InvalidKey),
+        _ => Err(ProxyError::Internal),
+    }
+}
+
+/// Sends the call upstream and reports its end to the key's object, all in `waitUntil`: once
+/// the vendor call has started, the report happens whatever the client does. The vendor's
+/// answer comes back through a channel as soon as it is in.
+async fn forward_and_settle(
+    mut call: Call,
+    granted: Granted,
+    ledger: LedgerClient,
+    env: &Env,
+    ctx: &Context,
+) -> std::result::Result<Answer, ProxyError> {
+    let mut headers = std::mem::take(&mut call.headers);
+    headers.retain(|(name, _)| name != "idempotency-key");
+    if let (true, Some(key)) = (call.spec.idempotency, &granted.idempotency_key) {
         // The client's own key, or one made up from the reservation: a retry under it cannot
         // be charged twice.
-        headers.retain(|(name, _)| name != "idempotency-key");
         headers.push(("idempotency-key".into(), key.clone()));
     }
-    if let Some(account) = pinned_account {
-        headers.push(("stripe-account".into(), account));
+    if let Some(account) = &granted.stripe_account {
+        headers.push(("stripe-account".into(), account.clone()));
     }
-    if per_unit {
+    if call.per_unit {
         // Bound the call to what was held: Twilio ends it after TimeLimit seconds.
-        body.extend_from_slice(format!("&TimeLimit={}", units * 60).as_bytes());
+        call.body.extend_from_slice(format!("&TimeLimit={}", granted.units * 60).as_bytes());
     }
+    let path_and_query = format!("{}{}", call.path, call.query);
+    let (answered, answer) = futures_channel::oneshot::channel();
+    let env = env.clone();
+    ctx.wait_until(async move {
+        let started = now_ms();
+        let sent = upstream::send(
+            &env,
+            call.spec,
+            call.method.clone(),
+            &path_and_query,
+            &headers,
+            Some(call.body.clone()),
+            upstream::timeout_ms(&env),
+        )
+        .await;
+        let finish = settle(&call, &granted, &sent, path_and_query, headers, now_ms() - started);
+        // The client may be gone; the report goes to the ledger all the same.
+        let _ = answered.send(sent);
+        report(ledger, finish).await;
+    });
+    match answer.await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(NoAnswer::NotSent)) => Err(ProxyError::VendorNotConfigured),
+        Ok(Err(NoAnswer::Unknown)) => Err(ProxyError::VendorUnreachable),
+        Err(_) => Err(ProxyError::Internal),
+    }
+}
 
-    // 3. Forward with the real credential.
-    let started = now_ms();
-    let query = url.find('?').map_or("", |i| &url[i..]);
-    let path_and_query = format!("{path}{query}");
-    // Kept only if the outcome turns out unknown, to send the call again under the same key.
-    let replay_body =
-        (spec.idempotency && idempotency_key.is_some()).then(|| String::from_utf8(body.clone()).ok()).flatten();
-    let sent =
-        upstream::send(env, spec, method, &path_and_query, &headers, Some(body), upstream::timeout_ms(env)).await;
-
-    // 4. Settle: debit what the vendor reports, release on a definite refusal, hold otherwise.
-    let (result, vendor_object_id) = match &sent {
-        Ok(answer) if (200..300).contains(&answer.status) => {
-            let settled = cost::settle(vendor, settlement, held, &answer.body);
-            (CallResult::Settled { cost: settled.cost }, settled.vendor_object_id)
-        }
-        Ok(answer) if (400..500).contains(&answer.status) => (CallResult::Released, None),
+/// How the call ended, for the key's object: a 2xx debits what the vendor reports, a
+/// definitive refusal releases the hold, anything else keeps it as unknown (`core::answer`).
+fn settle(
+    call: &Call,
+    granted: &Granted,
+    sent: &std::result::Result<Answer, NoAnswer>,
+    path_and_query: String,
+    headers: Vec<(String, String)>,
+    latency_ms: u64,
+) -> FinishCall {
+    let (result, vendor_object_id) = match sent {
         Err(NoAnswer::NotSent) => (CallResult::Released, None),
-        _ => (CallResult::Unknown, None),
+        Err(NoAnswer::Unknown) => {
+            CallResult::from_answer(call.vendor, call.settlement, granted.held, granted.attempt, None, &[])
+        }
+        Ok(answer) => CallResult::from_answer(
+            call.vendor,
+            call.settlement,
+            granted.held,
+            granted.attempt,
+            Some(answer.status),
+            &answer.body,
+        ),
     };
-    let reconcile_path = match (settlement, &spec.reconcile, &vendor_object_id) {
-        (Settlement::Estimate { reconcile: true }, Some(reconciler), Some(id)) => (reconciler.poll_path)(&path, id),
+    let reconcile_path = match (call.settlement, &call.spec.reconcile, &vendor_object_id) {
+        (Settlement::Estimate { reconcile: true }, Some(reconciler), Some(id)) => {
+            (reconciler.poll_path)(&call.path, id)
+        }
         _ => None,
     };
-    let replay = match (result, replay_body) {
-        (CallResult::Unknown, Some(body)) => Some(Replay { path_and_query, headers, body, settlement }),
+    // Kept only if the outcome is unknown, to send the call again under the same key.
+    let replay = match (result, call.spec.idempotency && granted.idempotency_key.is_some()) {
+        (CallResult::Unknown, true) => String::from_utf8(call.body.clone()).ok().map(|body| Replay {
+            path_and_query,
+            headers,
+            body,
+            settlement: call.settlement,
+        }),
         _ => None,
     };
-    let finish = FinishCall {
-        reservation_id,
+    FinishCall {
+        reservation_id: granted.reservation_id,
         result,
         status: sent.as_ref().ok().map(|a| a.status),
         vendor_object_id,
-        latency_ms: now_ms() - started,
+        latency_ms,
         reconcile_path,
         replay,
-    };
-    // 4b. The vendor has answered: send that answer now and report it to the ledger right
-    //     after. Until the report lands the call's hold still counts, so the cap stays exact.
-    ctx.wait_until(report(ledger, finish));
+    }
+}
 
-    let answer = sent.map_err(|e| match e {
-        NoAnswer::NotSent => ProxyError::VendorNotConfigured,
-        NoAnswer::Unknown => ProxyError::VendorUnreachable,
-    })?;
+/// The vendor's status and body, its allowlisted response headers, and ours.
+fn respond(
+    answer: Answer,
+    spec: &VendorSpec,
+    known: &[(&'static str, String)],
+    remaining: Micros,
+) -> std::result::Result<Response, ProxyError> {
     let headers = Headers::new();
+    let set = |name: &str, value: &str| headers.set(name, value).map_err(internal("set response header"));
     for name in spec.response_headers {
         if let Ok(Some(value)) = answer.headers.get(name) {
-            headers.set(name, &value).map_err(internal("copy response header"))?;
+            set(name, &value)?;
         }
     }
-    let set = |name: &str, value: &str| headers.set(name, value).map_err(internal("set response header"));
-    set("x-keybrake-key-id", token.key_id)?;
-    set("x-keybrake-remaining-usd", &remaining.to_usd_string())?;
-    if let Some(key) = &idempotency_key {
-        set("x-keybrake-idempotency-key", key)?;
+    for (name, value) in known {
+        set(name, value)?;
     }
+    set("x-keybrake-remaining-usd", &remaining.to_usd_string())?;
     Ok(Response::from_bytes(answer.body)
         .map_err(internal("response body"))?
         .with_status(answer.status)

@@ -102,9 +102,9 @@ fn credential(env: &Env, spec: &VendorSpec) -> Option<String> {
     let secret = |name: &str| env.secret(name).map(|s| s.to_string()).ok().filter(|s| !s.is_empty());
     match spec.credential {
         Credential::Bearer { secret: name } => Some(format!("Bearer {}", secret(name)?)),
-        Credential::Basic { user, password } => {
+        Credential::Basic { pairs } => pairs.iter().find_map(|(user, password)| {
             let pair = format!("{}:{}", secret(user)?, secret(password)?);
             Some(format!("Basic {}", base64(pair.as_bytes())))
-        }
+        }),
     }
 }

@@ -32,8 +32,11 @@ export const STRIPE_SECRET = "sk_test_keybrake_e2e_51HfakeSecretValue";
 export const TWILIO_ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef";
 export const TWILIO_AUTH_TOKEN = "twilio_auth_token_e2e_5f2b9c";
 export const RESEND_API_KEY = "re_e2e_9Qm2kLx7VendorSecret";
+/** A Twilio API key, for instances started with it (`vars: { TWILIO_API_KEY_SID, … }`). */
+export const TWILIO_API_KEY_SID = "SK0123456789abcdef0123456789abcdef";
+export const TWILIO_API_KEY_SECRET = "twilio_api_key_secret_e2e_7c1d";
 /** Every vendor secret the Worker holds: none may ever reach a client, a log or an audit row. */
-export const VENDOR_SECRETS = [STRIPE_SECRET, TWILIO_AUTH_TOKEN, RESEND_API_KEY];
+export const VENDOR_SECRETS = [STRIPE_SECRET, TWILIO_AUTH_TOKEN, RESEND_API_KEY, TWILIO_API_KEY_SECRET];
 const ROOT = new URL("../..", import.meta.url).pathname;
 
 // ---------------------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ test("Twilio: a key is pinned to the configured account and to .json resources",
 test("Twilio: a call without TimeLimit is bounded to the minutes the budget allows", async () => {
   const key = await kb.issueKey({ vendor: "twilio", daily_usd_cap: 0.1, allowed_endpoints: [CALLS] });
   const client = await twilioClient(kb, key.vault_key);
-  const call = await client.calls.create({ to: "+14155550100", from: "+15005550006", url: "https://example.test/twiml" });
+  const twiml = "<Response><Say>Your order has shipped.</Say></Response>";
+  const call = await client.calls.create({ to: "+14155550100", from: "+15005550006", twiml });
   assert.match(call.sid, /^CA/);
   const seen = new URLSearchParams(kb.twilio.requests.find((r) => r.method === "POST").body);
   assert.equal(seen.get("TimeLimit"), "420", "7 whole minutes at $0.014 fit in $0.10");
@@ -126,7 +127,7 @@ test("Twilio: a call without TimeLimit is bounded to the minutes the budget allo
     return s.reserved_usd === 0 && s.reconciling === 0 ? s : null;
   });
   assert.equal(reconciled.spent_usd, 0.013, "then Twilio's real price for the call");
-  const second = await client.calls.create({ to: "+14155550100", from: "+15005550006", url: "https://example.test/twiml", timeLimit: 60 });
+  const second = await client.calls.create({ to: "+14155550100", from: "+15005550006", twiml, timeLimit: 60 });
   assert.match(second.sid, /^CA/);
   const secondSeen = new URLSearchParams(kb.twilio.requests.filter((r) => r.method === "POST").at(-1).body);
   assert.equal(secondSeen.get("TimeLimit"), "60", "a client's own TimeLimit is kept");

@@ -17,6 +17,8 @@ import {
   STRIPE_SECRET,
   TWILIO_ACCOUNT_SID,
   TWILIO_AUTH_TOKEN,
+  TWILIO_API_KEY_SID,
+  TWILIO_API_KEY_SECRET,
   RESEND_API_KEY,
   VENDOR_SECRETS,
   CAPTURE_DIR,
@@ -36,6 +38,8 @@ export function fixedSecrets() {
     TWILIO_AUTH_TOKEN,
     RESEND_API_KEY,
     "Twilio Basic credential": Buffer.from(`${TWILIO_ACCOUNT_SID}:${TWILIO_AUTH_TOKEN}`).toString("base64"),
+    TWILIO_API_KEY_SECRET,
+    "Twilio API key Basic credential": Buffer.from(`${TWILIO_API_KEY_SID}:${TWILIO_API_KEY_SECRET}`).toString("base64"),
     KEYBRAKE_API_KEY: ADMIN_KEY,
   };
   for (const secret of VENDOR_SECRETS) assert.ok(Object.values(named).includes(secret), "every vendor secret is swept");

@@ -26,8 +26,9 @@ pub enum Vendor {
 pub enum Credential {
     /// `Authorization: Bearer <secret>`.
     Bearer { secret: &'static str },
-    /// `Authorization: Basic base64(<user>:<password>)`.
-    Basic { user: &'static str, password: &'static str },
+    /// `Authorization: Basic base64(<user>:<password>)`, from the first pair whose two
+    /// secrets are both set (Twilio: an API key and its secret, else the account's token).
+    Basic { pairs: &'static [(&'static str, &'static str)] },
 }
 
 #[derive(Debug)]
@@ -55,6 +56,9 @@ pub struct VendorSpec {
     pub upstream_path: fn(&str, Vars<'_>) -> Result<String, ProxyError>,
     /// Reads the object id and any stated USD amount from a 2xx body.
     pub read_answer: fn(&[u8]) -> VendorAnswer,
+    /// Whether a 4xx says the `Idempotency-Key` is bound to another request at the vendor,
+    /// which may have run: such an answer never releases a hold (see `core::answer`).
+    pub idempotency_conflict: fn(u16, &[u8]) -> bool,
     /// Where the real price of an estimated call is published later, if anywhere.
     pub reconcile: Option<Reconciler>,
     pub error_shape: ErrorShape,

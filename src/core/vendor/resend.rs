@@ -21,6 +21,7 @@ pub const SPEC: VendorSpec = VendorSpec {
     cost_rules: COST_RULES,
     upstream_path: same_path,
     read_answer,
+    idempotency_conflict,
     reconcile: None,
     error_shape: ErrorShape::Resend,
 };
@@ -116,6 +117,18 @@ fn quote(input: &PriceInput<'_>, emails: u64) -> Result<Price, ProxyError> {
     Ok(Price { quote: Quote::Fixed { amount }, settlement: Settlement::Estimate { reconcile: false } })
 }
 
+/// Resend's answers for a key bound to another payload, or still in progress.
+fn idempotency_conflict(_status: u16, body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Body {
+        name: Option<String>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.name)
+        .is_some_and(|name| matches!(name.as_str(), "invalid_idempotent_request" | "concurrent_idempotent_requests"))
+}
+
 /// `{"id": ...}` for one email, `{"data": [{"id": ...}, ...]}` for a batch (ids joined by `,`).
 fn read_answer(body: &[u8]) -> VendorAnswer {
     #[derive(Deserialize)]
@@ -143,8 +156,14 @@ mod tests {
     use crate::core::cost::price;
 
     fn resend_with(path: &str, body: &str, vars: crate::core::cost::Vars<'_>) -> Result<Price, ProxyError> {
-        let input =
-            PriceInput { method: "POST", path, content_type: Some("application/json"), body: body.as_bytes(), vars };
+        let input = PriceInput {
+            method: "POST",
+            path,
+            query: "",
+            content_type: Some("application/json"),
+            body: body.as_bytes(),
+            vars,
+        };
         price(Vendor::Resend, &input)
     }
 
@@ -195,6 +214,7 @@ mod tests {
         let form = PriceInput {
             method: "POST",
             path: "/emails",
+            query: "",
             content_type: Some("text/plain"),
             body: b"{}",
             vars: &|_| None,

@@ -27,6 +27,7 @@ pub const SPEC: VendorSpec = VendorSpec {
     cost_rules: COST_RULES,
     upstream_path: same_path,
     read_answer,
+    idempotency_conflict,
     reconcile: None,
     error_shape: ErrorShape::Stripe,
 };
@@ -96,6 +97,24 @@ fn parse_cents(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// Stripe's `idempotency_error`: the key was first used with other parameters.
+fn idempotency_conflict(_status: u16, body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        error: Option<ErrorBody<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.error?.kind)
+        .is_some_and(|kind| kind == "idempotency_error")
+}
+
 fn read_answer(body: &[u8]) -> VendorAnswer {
     #[derive(Deserialize)]
     struct StripeObject<'a> {
@@ -122,7 +141,7 @@ mod tests {
 
     fn stripe(method: &str, path: &str, body: &str) -> Result<Price, ProxyError> {
         let vars = |_: &str| None;
-        let input = PriceInput { method, path, content_type: None, body: body.as_bytes(), vars: &vars };
+        let input = PriceInput { method, path, query: "", content_type: None, body: body.as_bytes(), vars: &vars };
         price(Vendor::Stripe, &input)
     }
 
