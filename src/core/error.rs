@@ -170,11 +170,6 @@ impl ProxyError {
         }
     }
 
-    /// The JSON body, in Stripe's error shape so the official SDKs surface it.
-    pub fn body(&self) -> String {
-        self.body_as(ErrorShape::Stripe)
-    }
-
     /// The JSON body in the error shape of the vendor whose SDK will read it.
     pub fn body_as(&self, shape: ErrorShape) -> String {
         let (kind, message, status) = (self.kind(), self.message(), self.status());
@@ -211,7 +206,7 @@ mod tests {
         ];
         for (e, status, kind) in cases {
             assert_eq!((e.status(), e.kind()), (status, kind));
-            let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+            let body: serde_json::Value = serde_json::from_str(&e.body_as(ErrorShape::Stripe)).unwrap();
             assert_eq!(body["error"]["type"], kind);
             assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
         }

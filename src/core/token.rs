@@ -94,11 +94,47 @@ pub fn bearer_matches(presented: &str, expected: &str) -> bool {
 
 /// The password of an HTTP Basic credential (`base64(user:password)`), as twilio-node sends
 /// its auth token. The username is ignored: the vault key alone identifies the key.
-pub fn basic_password(encoded: &str) -> Option<String> {
+fn basic_password(encoded: &str) -> Option<String> {
     let decoded = base64_decode(encoded.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     let (_, password) = text.split_once(':')?;
     Some(password.to_string())
+}
+
+/// The credential an `Authorization` header carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization {
+    Bearer(String),
+    /// HTTP Basic's password; the username is ignored.
+    Basic(String),
+}
+
+impl Authorization {
+    pub fn parse(value: &str) -> Option<Authorization> {
+        let (scheme, credential) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            Some(Authorization::Bearer(credential.trim().to_string()))
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            basic_password(credential).map(Authorization::Basic)
+        } else {
+            None
+        }
+    }
+
+    /// A vault key may come either way: twilio-node sends it as the Basic password.
+    pub fn vault_key(self) -> String {
+        match self {
+            Authorization::Bearer(token) | Authorization::Basic(token) => token,
+        }
+    }
+
+    /// The admin token comes only as a bearer token.
+    pub fn bearer(self) -> Option<String> {
+        match self {
+            Authorization::Bearer(token) => Some(token),
+            Authorization::Basic(_) => None,
+        }
+    }
 }
 
 fn is_base64url(b: u8) -> bool {
@@ -178,6 +214,18 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn authorization_headers() {
+        assert_eq!(Authorization::parse("Bearer  kb_x "), Some(Authorization::Bearer("kb_x".into())));
+        assert_eq!(Authorization::parse("bearer kb_x").and_then(Authorization::bearer).as_deref(), Some("kb_x"));
+        let basic = Authorization::parse("Basic QUNhbnk6a2Jfc3RyaXBlX3g=").unwrap();
+        assert_eq!(basic, Authorization::Basic("kb_stripe_x".into()));
+        assert_eq!(basic.bearer(), None, "the admin token is never taken from Basic");
+        assert_eq!(Authorization::parse("Basic QUNhbnk6a2Jfc3RyaXBlX3g=").unwrap().vault_key(), "kb_stripe_x");
+        assert_eq!(Authorization::parse("Digest x"), None);
+        assert_eq!(Authorization::parse("Bearer"), None);
     }
 
     #[test]

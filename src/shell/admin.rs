@@ -4,18 +4,19 @@
 use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView};
 use crate::core::error::{ProxyError, MIN_ADMIN_KEY_CHARS};
 use crate::core::keys::{parse_new_key, parse_refresh, IssuedKeyView, KeyView, MAX_BODY_BYTES};
+use crate::core::lockout::{self, Failure};
 use crate::core::money::Micros;
-use crate::core::token::{self, bearer_matches, SECRET_BYTES};
-use crate::durable_objects::admin_guard::{self, Failure, Verdict};
-use crate::durable_objects::protocol::{LedgerCall, LedgerReply};
-use crate::shell::ledger_client::LedgerClient;
-use crate::shell::upstream::env_value;
-use crate::shell::{bearer, internal, js_number, now_ms};
+use crate::core::token::{self, bearer_matches, Authorization, SECRET_BYTES};
+use crate::ledger::protocol::{LedgerCall, LedgerReply};
+use crate::runtime::{js_number, now_ms, settings};
+use crate::shell::errors::internal;
+use crate::shell::objects::{admin_failure, LedgerClient};
+use crate::shell::request::{authorization, read_body};
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{console_error, D1Database, Env, Method, Request, RequestInit, Response};
+use worker::{console_error, D1Database, Env, Request, Response};
 
-type Answer = Result<Response, ProxyError>;
+type AdminResult = Result<Response, ProxyError>;
 
 /// Checks the admin token, in constant time. The right token always works: failures are
 /// counted per client, and only further *failures* past the limit are answered 429, so an
@@ -28,43 +29,30 @@ async fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
         );
         return Err(ProxyError::AdminNotConfigured);
     }
-    if bearer(req).is_some_and(|presented| bearer_matches(&presented, &expected)) {
+    let presented = authorization(req).and_then(Authorization::bearer);
+    if presented.is_some_and(|presented| bearer_matches(&presented, &expected)) {
         return Ok(());
     }
     let ip = req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_default();
-    let limit =
-        env_value(env, "ADMIN_FAILURE_LIMIT").and_then(|v| v.parse().ok()).unwrap_or(admin_guard::DEFAULT_LIMIT);
-    match guard_failure(env, &admin_guard::client_bucket(&ip), &Failure { limit }).await?.locked_for_secs {
+    let limit = settings(env).admin_failure_limit;
+    match admin_failure(env, &lockout::client_bucket(&ip), &Failure { limit }).await?.locked_for_secs {
         Some(retry_after_secs) => Err(ProxyError::TooManyAttempts { retry_after_secs }),
         None => Err(ProxyError::Unauthorized),
     }
-}
-
-async fn guard_failure(env: &Env, bucket: &str, failure: &Failure) -> Result<Verdict, ProxyError> {
-    let stub = env
-        .durable_object("ADMIN_GUARD")
-        .and_then(|ns| ns.get_by_name(&format!("admin-guard:{bucket}")))
-        .map_err(internal("admin guard binding"))?;
-    let body = serde_json::to_string(failure).map_err(|_| ProxyError::Internal)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let req = Request::new_with_init("https://admin-guard/", &init).map_err(internal("admin guard request"))?;
-    let mut resp = stub.fetch_with_request(req).await.map_err(internal("admin guard call"))?;
-    resp.json().await.map_err(internal("admin guard reply"))
 }
 
 fn db(env: &Env) -> Result<D1Database, ProxyError> {
     env.d1("DB").map_err(internal("D1 binding"))
 }
 
-fn json(value: &impl serde::Serialize, status: u16) -> Answer {
+fn json(value: &impl serde::Serialize, status: u16) -> AdminResult {
     Ok(Response::from_json(value).map_err(internal("encode response"))?.with_status(status))
 }
 
 /// `POST /vault/keys`
-pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
+pub async fn issue_key(mut req: Request, env: &Env) -> AdminResult {
     authorize(&req, env).await?;
-    let body = read_body(&mut req).await?;
+    let body = read_body(&mut req, MAX_BODY_BYTES).await?;
     let new_key = parse_new_key(&body)?;
 
     let (key_id, ledger) = LedgerClient::fresh(env)?;
@@ -102,7 +90,7 @@ pub async fn issue_key(mut req: Request, env: &Env) -> Answer {
 }
 
 /// `GET /vault/keys/{id}`
-pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> Answer {
+pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> AdminResult {
     authorize(req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
     match ledger.call(&LedgerCall::Status).await? {
@@ -114,7 +102,7 @@ pub async fn get_key(req: &Request, env: &Env, key_id: &str) -> Answer {
 
 /// `DELETE /vault/keys/{id}`: takes effect in the key's object before it answers; the
 /// registry copy in D1 follows.
-pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
+pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> AdminResult {
     authorize(req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
     let state = match ledger.call(&LedgerCall::Revoke).await? {
@@ -130,10 +118,10 @@ pub async fn revoke_key(req: &Request, env: &Env, key_id: &str) -> Answer {
 
 /// `POST /vault/keys/{id}/refresh`: a long run outlives its key, so extend it in place
 /// rather than issue a new one (which would start a fresh cap).
-pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> Answer {
+pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> AdminResult {
     authorize(&req, env).await?;
     let ledger = LedgerClient::existing(env, key_id).ok_or(ProxyError::NotFound)?;
-    let body = read_body(&mut req).await?;
+    let body = read_body(&mut req, MAX_BODY_BYTES).await?;
     let ttl_secs = parse_refresh(&body)?;
     let state = match ledger.call(&LedgerCall::Refresh { ttl_secs }).await? {
         LedgerReply::State { state } => state,
@@ -146,7 +134,7 @@ pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> Answer {
 }
 
 /// `GET /vault/audit?key_id=...` or `?agent_run_label=...`
-pub async fn audit(req: &Request, env: &Env) -> Answer {
+pub async fn audit(req: &Request, env: &Env) -> AdminResult {
     authorize(req, env).await?;
     let url = req.url().map_err(|_| ProxyError::InvalidRequest("bad URL".into()))?;
     let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -206,17 +194,4 @@ async fn update_registry(env: &Env, column: &'static str, value: u64, key_id: &s
     if let Err(e) = update.await {
         worker::console_error!("registry update of {column} failed: {e}");
     }
-}
-
-/// An admin request body, refused past 64 KiB (a key request is a few hundred bytes).
-async fn read_body(req: &mut Request) -> Result<Vec<u8>, ProxyError> {
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
-    let body = req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
-    Ok(body)
 }

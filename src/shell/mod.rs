@@ -3,12 +3,14 @@
 //! detail goes to the log, never to the caller.
 
 mod admin;
-mod ledger_client;
+mod errors;
+mod objects;
 mod proxy;
-pub mod upstream;
+mod request;
 
 use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::routing::{route, Route, KNOWN_METHODS};
+use errors::{error_response, internal};
 use worker::{console_error, event, Context, Env, Headers, Request, Response, Result};
 
 #[event(fetch)]
@@ -60,55 +62,4 @@ fn raw_path(req: &Request) -> String {
     let path_and_query = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
     let end = path_and_query.find(['?', '#']).unwrap_or(path_and_query.len());
     path_and_query[..end].to_string()
-}
-
-/// Our own error answer, in the error shape of the SDK that will read it, plus
-/// `X-Keybrake-Error` and the `known` headers of the call so far (its key id and the
-/// Idempotency-Key it went out under).
-pub fn error_response(e: &ProxyError, shape: ErrorShape, known: &[(&str, String)]) -> Result<Response> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    headers.set("x-keybrake-error", e.kind())?;
-    for (name, value) in known {
-        headers.set(name, value)?;
-    }
-    if matches!(e, ProxyError::CapExhausted { .. }) {
-        headers.set("x-keybrake-cap-hit", "true")?;
-    }
-    if let Some(secs) = e.retry_after() {
-        headers.set("retry-after", &secs.to_string())?;
-    }
-    if let ProxyError::MethodNotAllowed(allow) = e {
-        headers.set("allow", allow)?;
-    }
-    // A refusal is final: retrying the same call cannot succeed, so tell the SDKs not to.
-    if !e.retryable() {
-        headers.set("stripe-should-retry", "false")?;
-    }
-    Ok(Response::from_bytes(e.body_as(shape).into_bytes())?.with_status(e.status()).with_headers(headers))
-}
-
-/// Maps a runtime failure to the public `internal_error`, logging what happened.
-pub fn internal(context: &'static str) -> impl FnOnce(worker::Error) -> ProxyError {
-    move |e| {
-        console_error!("{context}: {e}");
-        ProxyError::Internal
-    }
-}
-
-/// The bearer token of a request, if any.
-pub fn bearer(req: &Request) -> Option<String> {
-    let value = req.headers().get("authorization").ok().flatten()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
-}
-
-/// An integer as a JS number, for D1 bindings. Every value passed (micro-dollars, ms
-/// timestamps, counts) is far below 2^53, so none loses precision; none is float money.
-pub fn js_number(n: u64) -> wasm_bindgen::JsValue {
-    wasm_bindgen::JsValue::from(n as f64)
-}
-
-pub fn now_ms() -> u64 {
-    worker::Date::now().as_millis()
 }

@@ -13,13 +13,15 @@ use crate::core::cost::{self, PriceInput, Quote, Settlement};
 use crate::core::encoding::hex;
 use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::money::Micros;
-use crate::core::screen::{screen, RequestShape, DEFAULT_MAX_BODY_BYTES};
-use crate::core::token::{basic_password, VaultToken};
+use crate::core::screen::{screen, RequestShape};
+use crate::core::token::VaultToken;
 use crate::core::vendor::{Vendor, VendorSpec};
-use crate::durable_objects::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
-use crate::shell::ledger_client::LedgerClient;
-use crate::shell::upstream::{self, env_value, Answer, NoAnswer};
-use crate::shell::{error_response, internal, now_ms};
+use crate::ledger::protocol::{CallResult, FinishCall, LedgerCall, LedgerReply, Replay, ReserveCall};
+use crate::runtime::upstream::{self, Unanswered, VendorResponse};
+use crate::runtime::{env_value, now_ms, settings};
+use crate::shell::errors::{error_response, internal};
+use crate::shell::objects::LedgerClient;
+use crate::shell::request::{authorization, read_body};
 use sha2::{Digest, Sha256};
 use worker::{console_error, Context, Env, Headers, Method, Request, Response, Result};
 
@@ -58,7 +60,7 @@ pub async fn forward(
     route_vendor: Option<Vendor>,
     path: &str,
 ) -> Result<Response> {
-    let presented = vault_key(&req);
+    let presented = authorization(&req).map(|a| a.vault_key());
     let token = presented.as_deref().and_then(VaultToken::parse);
     // Answer in the shape the caller's SDK reads: the vendor named in the route, else the key's.
     let shape = route_vendor.or(token.as_ref().map(|t| t.vendor)).map_or(ErrorShape::Stripe, |v| v.spec().error_shape);
@@ -68,20 +70,6 @@ pub async fn forward(
     match proxy(req, env, ctx, route_vendor, path, token, &mut known).await {
         Ok(response) => Ok(response),
         Err(e) => error_response(&e, shape, &known),
-    }
-}
-
-/// The vault key from `Authorization: Bearer <key>`, or the password of HTTP Basic (the
-/// official twilio SDK sends `accountSid:authToken`; any username is accepted).
-fn vault_key(req: &Request) -> Option<String> {
-    let value = req.headers().get("authorization").ok().flatten()?;
-    let (scheme, credential) = value.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        Some(credential.trim().to_string())
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        basic_password(credential)
-    } else {
-        None
     }
 }
 
@@ -130,18 +118,10 @@ async fn read(
     };
 
     let method = req.method();
-    let max_body = env_value(env, "MAX_BODY_BYTES").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::PayloadTooLarge(max_body));
-    }
     let body = match method {
         Method::Get | Method::Head => Vec::new(),
-        _ => req.bytes().await.map_err(|_| ProxyError::InvalidRequest("could not read the body".into()))?,
+        _ => read_body(&mut req, settings(env).max_body_bytes).await?,
     };
-    if body.len() > max_body {
-        return Err(ProxyError::PayloadTooLarge(max_body));
-    }
     let content_type = req.headers().get("content-type").ok().flatten();
     let url = req.inner().url();
     let raw_query = url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
@@ -243,7 +223,7 @@ async fn forward_and_settle(
     ledger: LedgerClient,
     env: &Env,
     ctx: &Context,
-) -> std::result::Result<Answer, ProxyError> {
+) -> std::result::Result<VendorResponse, ProxyError> {
     let mut headers = std::mem::take(&mut call.headers);
     headers.retain(|(name, _)| name != "idempotency-key");
     if let (true, Some(key)) = (call.spec.idempotency, &granted.idempotency_key) {
@@ -270,7 +250,7 @@ async fn forward_and_settle(
             &path_and_query,
             &headers,
             Some(call.body.clone()),
-            upstream::timeout_ms(&env),
+            settings(&env).upstream_timeout_ms,
         )
         .await;
         let finish = settle(&call, &granted, &sent, path_and_query, headers, now_ms() - started);
@@ -280,8 +260,8 @@ async fn forward_and_settle(
     });
     match answer.await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(NoAnswer::NotSent)) => Err(ProxyError::VendorNotConfigured),
-        Ok(Err(NoAnswer::Unknown)) => Err(ProxyError::VendorUnreachable),
+        Ok(Err(Unanswered::NotSent)) => Err(ProxyError::VendorNotConfigured),
+        Ok(Err(Unanswered::Lost)) => Err(ProxyError::VendorUnreachable),
         Err(_) => Err(ProxyError::Internal),
     }
 }
@@ -291,14 +271,14 @@ async fn forward_and_settle(
 fn settle(
     call: &Call,
     granted: &Granted,
-    sent: &std::result::Result<Answer, NoAnswer>,
+    sent: &std::result::Result<VendorResponse, Unanswered>,
     path_and_query: String,
     headers: Vec<(String, String)>,
     latency_ms: u64,
 ) -> FinishCall {
     let (result, vendor_object_id) = match sent {
-        Err(NoAnswer::NotSent) => (CallResult::Released, None),
-        Err(NoAnswer::Unknown) => {
+        Err(Unanswered::NotSent) => (CallResult::Released, None),
+        Err(Unanswered::Lost) => {
             CallResult::from_answer(call.vendor, call.settlement, granted.held, granted.attempt, None, &[])
         }
         Ok(answer) => CallResult::from_answer(
@@ -339,7 +319,7 @@ fn settle(
 
 /// The vendor's status and body, its allowlisted response headers, and ours.
 fn respond(
-    answer: Answer,
+    answer: VendorResponse,
     spec: &VendorSpec,
     known: &[(&'static str, String)],
     remaining: Micros,

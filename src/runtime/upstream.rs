@@ -1,5 +1,5 @@
 //! Calls to a vendor: its fixed origin, an allowlist of headers, then the real credential.
-//! Used by the proxy for the client's call and by the key's object for price reconciliation.
+//! Used by the proxy for the client's call, and by the key's object for replays and prices.
 
 use crate::core::encoding::base64;
 use crate::core::vendor::{Credential, VendorSpec};
@@ -9,10 +9,8 @@ use worker::{
     console_error, AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
 };
 
-pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-
 /// The vendor's answer, read whole.
-pub struct Answer {
+pub struct VendorResponse {
     pub status: u16,
     pub headers: Headers,
     pub body: Vec<u8>,
@@ -26,22 +24,13 @@ pub fn allowed_headers(spec: &VendorSpec, client: &Headers) -> Vec<(String, Stri
         .collect()
 }
 
-/// A Worker var or secret by name: what vendor modules read price tables and ids from.
-pub fn env_value(env: &Env, name: &str) -> Option<String> {
-    env.var(name).map(|v| v.to_string()).or_else(|_| env.secret(name).map(|s| s.to_string())).ok()
-}
-
-pub fn timeout_ms(env: &Env) -> u64 {
-    env_value(env, "UPSTREAM_TIMEOUT_MS").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TIMEOUT_MS)
-}
-
 /// Why a call has no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoAnswer {
+pub enum Unanswered {
     /// Nothing was sent (the vendor's secret is not set, or the request could not be built).
     NotSent,
     /// It may have reached the vendor: a network error, a reset or a timeout.
-    Unknown,
+    Lost,
 }
 
 /// Sends one call. `path_and_query` is already canonical; the origin never comes from the
@@ -54,45 +43,45 @@ pub async fn send(
     headers: &[(String, String)],
     body: Option<Vec<u8>>,
     timeout_ms: u64,
-) -> Result<Answer, NoAnswer> {
-    let origin = env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
+) -> Result<VendorResponse, Unanswered> {
+    let origin = super::env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
     let url = format!("{}{path_and_query}", origin.trim_end_matches('/'));
 
     let outgoing = Headers::new();
     for (name, value) in headers {
-        outgoing.set(name, value).map_err(|_| NoAnswer::NotSent)?;
+        outgoing.set(name, value).map_err(|_| Unanswered::NotSent)?;
     }
     let Some(authorization) = credential(env, spec) else {
         console_error!("{} credentials are not set", spec.name);
-        return Err(NoAnswer::NotSent);
+        return Err(Unanswered::NotSent);
     };
     // Set last, so nothing a client sent can stand in for it.
-    outgoing.set("authorization", &authorization).map_err(|_| NoAnswer::NotSent)?;
+    outgoing.set("authorization", &authorization).map_err(|_| Unanswered::NotSent)?;
 
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(outgoing).with_redirect(RequestRedirect::Manual);
     if let Some(body) = body.filter(|b| !b.is_empty()) {
         init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
     }
-    let request = Request::new_with_init(&url, &init).map_err(|_| NoAnswer::NotSent)?;
+    let request = Request::new_with_init(&url, &init).map_err(|_| Unanswered::NotSent)?;
 
     let controller = AbortController::default();
     let signal = controller.signal();
     let call = async move {
         let mut resp = Fetch::Request(request).send_with_signal(&signal).await?;
         let body = resp.bytes().await?;
-        Ok::<_, worker::Error>(Answer { status: resp.status_code(), headers: resp.headers().clone(), body })
+        Ok::<_, worker::Error>(VendorResponse { status: resp.status_code(), headers: resp.headers().clone(), body })
     };
     match select(Box::pin(call), Delay::from(Duration::from_millis(timeout_ms))).await {
         Either::Left((Ok(answer), _)) => Ok(answer),
         Either::Left((Err(e), _)) => {
             console_error!("upstream call to {} failed: {e}", spec.name);
-            Err(NoAnswer::Unknown)
+            Err(Unanswered::Lost)
         }
         Either::Right(_) => {
             controller.abort();
             console_error!("upstream call to {} timed out after {timeout_ms} ms", spec.name);
-            Err(NoAnswer::Unknown)
+            Err(Unanswered::Lost)
         }
     }
 }

@@ -7,12 +7,12 @@
 //!
 //! IPv6 clients are counted by their /64, which one host can rotate through at will.
 //!
-//! The count lives in memory: a guard that is evicted forgets, which only ever lets a client
-//! through sooner. It never touches vault keys or the proxy path.
+//! This is the guard's pure window; the class is `objects::admin_guard`. The count lives in
+//! memory: a guard that is evicted forgets, which only ever lets a client through sooner. It
+//! never touches vault keys or the proxy path.
 
 use serde::{Deserialize, Serialize};
 
-pub const DEFAULT_LIMIT: u32 = 20;
 pub const WINDOW_MS: u64 = 10 * 60 * 1_000;
 
 /// One client's failures in the current window.
@@ -63,33 +63,6 @@ impl FailureWindow {
         Verdict { locked_for_secs: locked.then(|| left_ms.div_ceil(1_000).max(1)) }
     }
 }
-
-#[cfg(target_arch = "wasm32")]
-mod class {
-    use super::{Failure, FailureWindow};
-    use std::cell::RefCell;
-    use worker::{durable_object, Date, DurableObject, Env, Request, Response, Result, State};
-
-    #[durable_object]
-    pub struct AdminGuard {
-        window: RefCell<FailureWindow>,
-    }
-
-    impl DurableObject for AdminGuard {
-        fn new(_state: State, _env: Env) -> Self {
-            AdminGuard { window: RefCell::new(FailureWindow::default()) }
-        }
-
-        async fn fetch(&self, mut req: Request) -> Result<Response> {
-            let failure: Failure = serde_json::from_str(&req.text().await?)?;
-            let verdict = self.window.borrow_mut().fail(Date::now().as_millis(), &failure);
-            Response::from_json(&verdict)
-        }
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-pub use class::AdminGuard;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! The per-key ledger: the state one `VaultKey` Durable Object guards.
+//! The per-key ledger: the state one `VaultKey` Durable Object guards. Pure: it never imports
+//! `worker`, and is tested natively against [`MemoryStore`].
 //!
 //! Every method is synchronous and runs to completion before the next call is delivered, so a
 //! check and the debit it guards can never interleave with another request. Each change is
@@ -10,6 +11,7 @@
 //!   ambiguous outcomes resolved by replay, calls whose Worker never reported back.
 
 mod late;
+pub mod protocol;
 #[cfg(test)]
 mod tests;
 
@@ -22,7 +24,7 @@ use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
-use crate::durable_objects::protocol::{CallResult, FinishCall, Replay, ReserveCall};
+use crate::ledger::protocol::{CallResult, FinishCall, Replay, ReserveCall};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -10,7 +10,7 @@
 use super::{KeyUse, Ledger, LedgerStore, Reservation, Unresolved};
 use crate::core::audit::{AuditRow, Outcome};
 use crate::core::money::Micros;
-use crate::durable_objects::protocol::CallResult;
+use crate::ledger::protocol::CallResult;
 use serde::{Deserialize, Serialize};
 
 /// How long a vendor has to publish a price before the estimate is kept for good.

@@ -1,0 +1,197 @@
+//! The key's alarm: each job stands alone, and the alarm is always set again for the next
+//! work, so no error can leave a hold unwatched.
+
+use super::store::int;
+use super::{VaultKey, FLUSH_DELAY_MS};
+use crate::core::answer::Attempt;
+use crate::core::audit::AuditRow;
+use crate::core::vendor::PricePoll;
+use crate::ledger::protocol::CallResult;
+use crate::ledger::{LedgerStore, IDEMPOTENCY_RETENTION_MS};
+use crate::runtime::{js_number, upstream};
+use wasm_bindgen::JsValue;
+use worker::{console_error, Date, Method, Response, Result, SqlStorageValue};
+
+const FLUSH_BATCH: usize = 100;
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+const ALARM_CALL_TIMEOUT_MS: u64 = 10_000;
+
+impl VaultKey {
+    /// One failed job is logged and tried again on the next wake.
+    pub(super) async fn on_alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
+        let flushed = self.flush_outbox().await;
+        if let Err(e) = &flushed {
+            console_error!("audit flush to D1 failed, rows kept in the outbox: {e}");
+        }
+        self.flush_failures.set(if flushed.is_ok() { 0 } else { self.flush_failures.get().saturating_add(1) });
+        let settings = self.settings();
+        let stale_after = settings.stale_after_ms();
+        let swept = self.with_ledger(|ledger, store, now| ledger.sweep_stale(store, now, stale_after).map(|_| ()));
+        log_failure("sweep of lost calls", swept);
+        log_failure("price reconciliation", self.reconcile_due().await);
+        log_failure("replay of unknown calls", self.replay_due().await);
+        let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
+        let pruned = self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)]);
+        log_failure("prune of idempotency keys", pruned.map(|_| ()));
+
+        let now = Date::now().as_millis();
+        let flush_at = match (self.store().outbox_len(), self.flush_failures.get()) {
+            (Ok(0), _) => None,
+            (Ok(_), 0) => Some(now + FLUSH_DELAY_MS),
+            (Ok(_), failures) => Some(now + backoff(1_000, failures)),
+            (Err(e), _) => {
+                console_error!("reading the outbox failed: {e}");
+                Some(now + backoff(1_000, 1))
+            }
+        };
+        let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(now, stale_after));
+        self.arm(earliest(flush_at, ledger_at)).await?;
+        Response::ok("")
+    }
+
+    /// Copies outbox rows to D1, oldest first. Each row is a whole snapshot keyed by its id, so
+    /// a repeated copy is harmless and a later snapshot (a reconciled price, a resolved
+    /// outcome) replaces the earlier one. Rows leave the outbox only after D1 has them.
+    async fn flush_outbox(&self) -> Result<()> {
+        let db = self.env.d1("DB")?;
+        loop {
+            let rows = self.store().outbox_batch(FLUSH_BATCH)?;
+            let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+                return Ok(());
+            };
+            let statements = rows
+                .iter()
+                .map(|(_, row)| {
+                    db.prepare(
+                        "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
+                         status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, \
+                         latency_ms, estimated_micros, reconciled_at_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    )
+                    .bind(&audit_values(row))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            db.batch(statements).await?;
+            self.store().sql.exec("DELETE FROM audit_outbox WHERE seq <= ?", vec![SqlStorageValue::Integer(last)])?;
+        }
+    }
+
+    /// Asks the vendor for the real price of each estimate that is due, and moves the ledger
+    /// to it. The vendor call happens here, in the alarm, never on a client's request path.
+    async fn reconcile_due(&self) -> Result<()> {
+        let now = Date::now().as_millis();
+        let (due, vendor) = match self.ledger.borrow().as_ref() {
+            Some(ledger) => (ledger.due_reconciliations(now), ledger.vendor()),
+            None => return Ok(()),
+        };
+        let Some(reconciler) = &vendor.spec().reconcile else { return Ok(()) };
+        let first_backoff = self.settings().alarm_backoff_ms;
+        for rec in due {
+            let answer =
+                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, &[], None, ALARM_CALL_TIMEOUT_MS)
+                    .await;
+            let poll = match &answer {
+                Ok(a) if (200..300).contains(&a.status) => (reconciler.read_price)(&a.body),
+                _ => PricePoll::NotYet,
+            };
+            let store = self.store();
+            let now = Date::now().as_millis();
+            let mut slot = self.ledger.borrow_mut();
+            let Some(ledger) = slot.as_mut() else { return Ok(()) };
+            match poll {
+                PricePoll::Priced(actual) => ledger.reconcile(&store, now, rec.id, actual)?,
+                PricePoll::NotYet => {
+                    ledger.reconcile_later(&store, now, rec.id, backoff(first_backoff, rec.attempts))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends each due ambiguous call again, under its original `Idempotency-Key`: the vendor
+    /// either replays the first outcome or runs the call now, once. Either way the answer
+    /// settles the hold; an answer that tells nothing (`core::answer`) is tried again later.
+    /// Nothing is sent once the key is revoked or expired, checked right before each send.
+    async fn replay_due(&self) -> Result<()> {
+        let (due, vendor) = match self.ledger.borrow().as_ref() {
+            Some(ledger) => (ledger.due_replays(Date::now().as_millis()), ledger.vendor()),
+            None => return Ok(()),
+        };
+        let first_backoff = self.settings().alarm_backoff_ms;
+        for id in due {
+            let may = self.ledger.borrow().as_ref().is_some_and(|l| l.may_replay(id, Date::now().as_millis()));
+            let Some(replay) = self.store().get_replay(id)?.filter(|_| may) else { continue };
+            self.replaying.set(self.replaying.get() + 1);
+            let answer = upstream::send(
+                &self.env,
+                vendor.spec(),
+                Method::Post,
+                &replay.path_and_query,
+                &replay.headers,
+                Some(replay.body.clone().into_bytes()),
+                ALARM_CALL_TIMEOUT_MS,
+            )
+            .await;
+            self.replaying.set(self.replaying.get() - 1);
+            self.with_ledger(|ledger, store, now| {
+                let held = ledger.held(id);
+                let (status, body) = match &answer {
+                    Ok(a) => (Some(a.status), a.body.as_slice()),
+                    Err(_) => (None, &[][..]),
+                };
+                match CallResult::from_answer(vendor, replay.settlement, held, Attempt::Repeat, status, body) {
+                    (CallResult::Unknown, _) => {
+                        let attempts = ledger.attempts(id);
+                        ledger.resolve_later(store, now, id, backoff(first_backoff, attempts))
+                    }
+                    (result, vendor_object_id) => ledger.resolve(store, now, id, result, status, vendor_object_id),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn log_failure(job: &str, result: Result<()>) {
+    if let Err(e) = result {
+        console_error!("alarm: {job} failed, tried again on the next wake: {e}");
+    }
+}
+
+/// Doubling backoff from `first_ms`, at most an hour.
+fn backoff(first_ms: u64, attempts: u32) -> u64 {
+    first_ms.saturating_mul(1 << attempts.min(12)).min(MAX_BACKOFF_MS)
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn audit_values(row: &AuditRow) -> Vec<JsValue> {
+    let opt_str = |s: &Option<String>| s.as_deref().map_or(JsValue::NULL, JsValue::from);
+    let num = js_number;
+    let opt_num = |n: Option<u64>| n.map_or(JsValue::NULL, num);
+    vec![
+        JsValue::from(row.id.as_str()),
+        num(row.ts_ms),
+        JsValue::from(row.key_id.as_str()),
+        opt_str(&row.agent_run_label),
+        JsValue::from(row.vendor.as_str()),
+        JsValue::from(row.method.as_str()),
+        JsValue::from(row.path.as_str()),
+        opt_num(row.status.map(u64::from)),
+        JsValue::from(row.decision.as_str()),
+        num(row.reserved_micros),
+        num(row.cost_micros),
+        JsValue::from(row.outcome.as_str()),
+        opt_str(&row.vendor_object_id),
+        opt_str(&row.idempotency_key),
+        opt_num(row.latency_ms),
+        opt_num(row.estimated_micros),
+        opt_num(row.reconciled_at_ms),
+    ]
+}
