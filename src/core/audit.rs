@@ -23,6 +23,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Settled, Outcome::Released, Outcome::Unknown, Outcome::Denied, Outcome::Replayed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Settled => "settled",
@@ -57,6 +60,33 @@ pub struct AuditRow {
     pub estimated_micros: Option<u64>,
     /// When `cost_micros` was moved from the estimate to the vendor's real price.
     pub reconciled_at_ms: Option<u64>,
+    /// How many calls the row stands for: 1, or the refused calls a coalesced row counts.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// For a coalesced row: the last refused call it counts (`ts_ms` is the first).
+    #[serde(default)]
+    pub last_ts_ms: Option<u64>,
+    /// The client's `Idempotency-Key` was longer than the 255 characters stored.
+    #[serde(default, deserialize_with = "flag")]
+    pub idempotency_key_truncated: bool,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A flag as JSON writes it (`true`) or as D1 gives it back (`1`).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(u64),
+    }
+    Ok(match Flag::deserialize(d)? {
+        Flag::Bool(b) => b,
+        Flag::Int(n) => n != 0,
+    })
 }
 
 /// A row as `GET /vault/audit` shows it.
@@ -82,6 +112,9 @@ pub struct AuditView<'a> {
     #[serde(with = "usd_opt")]
     pub estimated_usd: Option<Micros>,
     pub reconciled_at: Option<String>,
+    pub count: u64,
+    pub last_ts: Option<String>,
+    pub idempotency_key_truncated: bool,
 }
 
 impl<'a> From<&'a AuditRow> for AuditView<'a> {
@@ -104,18 +137,35 @@ impl<'a> From<&'a AuditRow> for AuditView<'a> {
             latency_ms: r.latency_ms,
             estimated_usd: r.estimated_micros.map(Micros),
             reconciled_at: r.reconciled_at_ms.map(rfc3339),
+            count: r.count,
+            last_ts: r.last_ts_ms.map(rfc3339),
+            idempotency_key_truncated: r.idempotency_key_truncated,
         }
     }
 }
 
-/// `GET /vault/audit`: totals over every matching row, and the rows themselves (oldest first,
-/// at most `limit`).
+/// `GET /vault/audit`: the totals of the key or label, and one page of its rows.
 #[derive(Serialize)]
 pub struct AuditPage<'a> {
+    /// Every call of the key or label, whatever the page and filters (a coalesced row counts
+    /// all the refused calls it stands for).
     pub count: u64,
     #[serde(with = "usd")]
     pub total_usd: Micros,
+    pub outcomes: OutcomeCounts,
+    /// More rows follow this page in the order asked for.
+    pub has_more: bool,
     pub calls: Vec<AuditView<'a>>,
+}
+
+/// Calls by outcome, from the running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    pub settled: u64,
+    pub released: u64,
+    pub unknown: u64,
+    pub denied: u64,
+    pub replayed: u64,
 }
 
 /// Which rows `GET /vault/audit` asks for.
@@ -123,6 +173,10 @@ pub struct AuditPage<'a> {
 pub struct AuditQuery {
     pub filter: AuditFilter,
     pub limit: u32,
+    pub order: Order,
+    pub cursor: Option<Cursor>,
+    pub decision: Option<String>,
+    pub outcome: Option<Outcome>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -131,15 +185,49 @@ pub enum AuditFilter {
     Label(String),
 }
 
-pub const DEFAULT_AUDIT_LIMIT: u32 = 1_000;
-pub const MAX_AUDIT_LIMIT: u32 = 10_000;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+/// Stripe-style cursors: the page starts after, or ends before, the row with this id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cursor {
+    StartingAfter(String),
+    EndingBefore(String),
+}
+
+pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
+pub const MAX_AUDIT_LIMIT: u32 = 1_000;
+const MAX_ROW_ID_CHARS: usize = 128;
+
+/// A value bound into the page query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SqlValue {
+    Text(String),
+    Int(u64),
+}
 
 impl AuditQuery {
-    /// From decoded query pairs. Exactly one of `key_id` or `agent_run_label` is required.
+    /// From decoded query pairs. Exactly one of `key_id` or `agent_run_label` is required; any
+    /// parameter given twice is refused.
     pub fn parse<'q>(pairs: impl Iterator<Item = (&'q str, &'q str)>) -> Result<AuditQuery, String> {
-        let (mut filter, mut limit) = (None, DEFAULT_AUDIT_LIMIT);
+        let mut seen: Vec<&str> = Vec::new();
+        let (mut filter, mut limit, mut order, mut cursor, mut decision, mut outcome) =
+            (None, DEFAULT_AUDIT_LIMIT, Order::Asc, None, None, None);
         for (k, v) in pairs {
-            let next = match k {
+            if seen.contains(&k) {
+                return Err(format!("{k} is given more than once"));
+            }
+            seen.push(k);
+            let row_id = |v: &str| {
+                let ok = !v.is_empty()
+                    && v.len() <= MAX_ROW_ID_CHARS
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                ok.then(|| v.to_string()).ok_or(format!("{k} must be an audit row id"))
+            };
+            let next_filter = match k {
                 "key_id" if crate::core::token::is_key_id(v) => AuditFilter::KeyId(v.to_string()),
                 "key_id" => return Err("key_id must be 64 lowercase hex digits".into()),
                 "agent_run_label" if !v.is_empty() && v.chars().count() <= crate::core::keys::MAX_LABEL_CHARS => {
@@ -154,14 +242,108 @@ impl AuditQuery {
                         .ok_or(format!("limit must be between 1 and {MAX_AUDIT_LIMIT}"))?;
                     continue;
                 }
-                other => return Err(format!("unknown parameter {other:?}; use key_id or agent_run_label")),
+                "order" => {
+                    order = match v {
+                        "asc" => Order::Asc,
+                        "desc" => Order::Desc,
+                        _ => return Err("order must be asc or desc".into()),
+                    };
+                    continue;
+                }
+                "starting_after" | "ending_before" if cursor.is_some() => {
+                    return Err("give at most one of starting_after or ending_before".into())
+                }
+                "starting_after" => {
+                    cursor = Some(Cursor::StartingAfter(row_id(v)?));
+                    continue;
+                }
+                "ending_before" => {
+                    cursor = Some(Cursor::EndingBefore(row_id(v)?));
+                    continue;
+                }
+                "decision" => {
+                    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                    decision = Some(ok.then(|| v.to_string()).ok_or("decision must be forwarded or an error type")?);
+                    continue;
+                }
+                "outcome" => {
+                    outcome = Some(
+                        Outcome::ALL
+                            .into_iter()
+                            .find(|o| o.as_str() == v)
+                            .ok_or("outcome must be settled, released, unknown, denied or replayed")?,
+                    );
+                    continue;
+                }
+                other => return Err(format!("unknown parameter {other:?}")),
             };
-            if filter.replace(next).is_some() {
+            if filter.replace(next_filter).is_some() {
                 return Err("give exactly one of key_id or agent_run_label".into());
             }
         }
         let filter = filter.ok_or("give key_id or agent_run_label")?;
-        Ok(AuditQuery { filter, limit })
+        Ok(AuditQuery { filter, limit, order, cursor, decision, outcome })
+    }
+
+    /// The totals scope: `("key", id)` or `("label", label)`.
+    pub fn scope(&self) -> (&'static str, &str) {
+        match &self.filter {
+            AuditFilter::KeyId(id) => ("key", id),
+            AuditFilter::Label(label) => ("label", label),
+        }
+    }
+
+    /// The page query, given the cursor row's `ts_ms` when there is a cursor. It reads one
+    /// index range (by key or label, then time) and fetches one row past the page, to tell
+    /// `has_more`. An `ending_before` page is read backwards; [`AuditQuery::in_order`] turns it.
+    pub fn page_sql(&self, cursor_ts_ms: Option<u64>) -> (String, Vec<SqlValue>) {
+        let (column, value) = match &self.filter {
+            AuditFilter::KeyId(id) => ("key_id", id),
+            AuditFilter::Label(label) => ("agent_run_label", label),
+        };
+        let mut sql = format!("SELECT * FROM audit WHERE {column} = ?1");
+        let mut binds = vec![SqlValue::Text(value.clone())];
+        let mut bind = |sql: &mut String, clause: &str, v: SqlValue| {
+            binds.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", binds.len())));
+        };
+        if let Some(d) = &self.decision {
+            bind(&mut sql, " AND decision = ?", SqlValue::Text(d.clone()));
+        }
+        if let Some(o) = self.outcome {
+            bind(&mut sql, " AND outcome = ?", SqlValue::Text(o.as_str().into()));
+        }
+        let backwards = matches!(self.cursor, Some(Cursor::EndingBefore(_)));
+        let ascending = (self.order == Order::Asc) != backwards;
+        if let (Some(cursor), Some(ts)) = (&self.cursor, cursor_ts_ms) {
+            let id = match cursor {
+                Cursor::StartingAfter(id) | Cursor::EndingBefore(id) => id,
+            };
+            let op = if ascending { ">" } else { "<" };
+            bind(&mut sql, &format!(" AND (ts_ms, id) {op} (?,"), SqlValue::Int(ts));
+            bind(&mut sql, " ?)", SqlValue::Text(id.clone()));
+        }
+        let dir = if ascending { "ASC" } else { "DESC" };
+        bind(&mut sql, &format!(" ORDER BY ts_ms {dir}, id {dir} LIMIT ?"), SqlValue::Int(u64::from(self.limit) + 1));
+        (sql, binds)
+    }
+
+    /// The rows as fetched by [`AuditQuery::page_sql`], cut to the page and put in the order
+    /// asked for, with whether more follow.
+    pub fn in_order<T>(&self, mut rows: Vec<T>) -> (Vec<T>, bool) {
+        let has_more = rows.len() > self.limit as usize;
+        rows.truncate(self.limit as usize);
+        if matches!(self.cursor, Some(Cursor::EndingBefore(_))) {
+            rows.reverse();
+        }
+        (rows, has_more)
+    }
+
+    pub fn cursor_id(&self) -> Option<&str> {
+        match &self.cursor {
+            Some(Cursor::StartingAfter(id) | Cursor::EndingBefore(id)) => Some(id),
+            None => None,
+        }
     }
 }
 
@@ -172,18 +354,58 @@ mod tests {
     #[test]
     fn parses_queries() {
         let q = AuditQuery::parse([("agent_run_label", "run/1"), ("limit", "5")].into_iter()).unwrap();
-        assert_eq!(q, AuditQuery { filter: AuditFilter::Label("run/1".into()), limit: 5 });
+        assert_eq!((q.filter, q.limit, q.order, q.cursor), (AuditFilter::Label("run/1".into()), 5, Order::Asc, None));
         let id = "a".repeat(64);
-        let q = AuditQuery::parse([("key_id", id.as_str())].into_iter()).unwrap();
-        assert_eq!(q.limit, DEFAULT_AUDIT_LIMIT);
-        assert!(AuditQuery::parse([("key_id", "abc")].into_iter()).is_err());
+        let q = AuditQuery::parse([("key_id", id.as_str()), ("order", "desc"), ("decision", "forwarded")].into_iter())
+            .unwrap();
+        assert_eq!((q.limit, q.order, q.decision.as_deref()), (DEFAULT_AUDIT_LIMIT, Order::Desc, Some("forwarded")));
+        let q = AuditQuery::parse(
+            [("key_id", id.as_str()), ("outcome", "unknown"), ("starting_after", "k-0000000007")].into_iter(),
+        )
+        .unwrap();
+        assert_eq!((q.outcome, q.cursor_id()), (Some(Outcome::Unknown), Some("k-0000000007")));
+        for bad in [
+            vec![("key_id", "abc")],
+            vec![],
+            vec![("key_id", id.as_str()), ("agent_run_label", "b")],
+            vec![("key_id", id.as_str()), ("limit", "0")],
+            vec![("key_id", id.as_str()), ("limit", "1001")],
+            vec![("key", "a")],
+            vec![("key_id", id.as_str()), ("order", "up")],
+            vec![("key_id", id.as_str()), ("outcome", "won")],
+            vec![("key_id", id.as_str()), ("starting_after", "a"), ("ending_before", "b")],
+            vec![("key_id", id.as_str()), ("starting_after", "x' OR 1=1 --")],
+            vec![("key_id", id.as_str()), ("limit", "5"), ("limit", "500")],
+            vec![("key_id", id.as_str()), ("decision", "Forwarded;")],
+        ] {
+            assert!(AuditQuery::parse(bad.clone().into_iter()).is_err(), "{bad:?}");
+        }
         let long = "x".repeat(257);
         assert!(AuditQuery::parse([("agent_run_label", long.as_str())].into_iter()).is_err());
-        assert!(AuditQuery::parse([].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", id.as_str()), ("agent_run_label", "b")].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", id.as_str()), ("limit", "0")].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key_id", id.as_str()), ("limit", "10001")].into_iter()).is_err());
-        assert!(AuditQuery::parse([("key", "a")].into_iter()).is_err());
+    }
+
+    #[test]
+    fn pages_read_one_index_range_in_either_direction() {
+        let id = "a".repeat(64);
+        let q = AuditQuery::parse([("key_id", id.as_str()), ("decision", "forwarded"), ("limit", "2")].into_iter())
+            .unwrap();
+        let (sql, binds) = q.page_sql(None);
+        assert_eq!(sql, "SELECT * FROM audit WHERE key_id = ?1 AND decision = ?2 ORDER BY ts_ms ASC, id ASC LIMIT ?3");
+        assert_eq!(binds, vec![SqlValue::Text(id.clone()), SqlValue::Text("forwarded".into()), SqlValue::Int(3)]);
+        let q = AuditQuery::parse([("key_id", id.as_str()), ("order", "desc"), ("starting_after", "r-9")].into_iter())
+            .unwrap();
+        let (sql, binds) = q.page_sql(Some(77));
+        assert_eq!(
+            sql,
+            "SELECT * FROM audit WHERE key_id = ?1 AND (ts_ms, id) < (?2, ?3) ORDER BY ts_ms DESC, id DESC LIMIT ?4"
+        );
+        assert_eq!(binds[1..3], [SqlValue::Int(77), SqlValue::Text("r-9".into())]);
+        // ending_before in ascending order: read backwards, then turned.
+        let q =
+            AuditQuery::parse([("key_id", id.as_str()), ("ending_before", "r-9"), ("limit", "2")].into_iter()).unwrap();
+        assert!(q.page_sql(Some(77)).0.contains("(ts_ms, id) < (?2, ?3) ORDER BY ts_ms DESC"));
+        assert_eq!(q.in_order(vec![8, 7, 6]), (vec![7, 8], true));
+        assert_eq!(q.in_order(vec![8]), (vec![8], false));
     }
 
     #[test]
@@ -206,12 +428,15 @@ mod tests {
             latency_ms: Some(3),
             estimated_micros: None,
             reconciled_at_ms: None,
+            count: 1,
+            last_ts_ms: None,
+            idempotency_key_truncated: false,
         };
         let json = serde_json::to_string(&AuditView::from(&row)).unwrap();
         assert!(json.contains(r#""ts":"1970-01-01T00:00:01.000Z""#), "{json}");
         assert!(json.contains(r#""cost_usd":1.5"#), "{json}");
         assert!(json.contains(r#""outcome":"settled""#), "{json}");
-        for o in [Outcome::Settled, Outcome::Released, Outcome::Unknown, Outcome::Denied, Outcome::Replayed] {
+        for o in Outcome::ALL {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }
     }

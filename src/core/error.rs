@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// The same `Idempotency-Key` was first used for a different request.
     IdempotencyMismatch,
     VendorUnreachable,
+    /// The vendor refused Keybrake's own credential (its 401 or 403): the operator's problem,
+    /// told in the log; the vendor's text, which can name the key, never reaches the agent.
+    VendorAuthFailed,
     /// Nothing was sent: the vendor's credential is not configured.
     VendorNotConfigured,
     /// `KEYBRAKE_API_KEY` is unset or too short to resist guessing: the admin API is off.
@@ -78,7 +81,7 @@ impl ProxyError {
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
             ProxyError::CapExhausted { .. } | ProxyError::TooManyAttempts { .. } => 429,
             ProxyError::Internal => 500,
-            ProxyError::VendorUnreachable => 502,
+            ProxyError::VendorUnreachable | ProxyError::VendorAuthFailed => 502,
             ProxyError::VendorNotConfigured | ProxyError::AdminNotConfigured => 503,
         }
     }
@@ -123,6 +126,7 @@ impl ProxyError {
             ProxyError::IdempotencyInFlight => "idempotency_in_flight",
             ProxyError::IdempotencyMismatch => "idempotency_mismatch",
             ProxyError::VendorUnreachable => "vendor_unreachable",
+            ProxyError::VendorAuthFailed => "vendor_auth_failed",
             ProxyError::VendorNotConfigured => "vendor_not_configured",
             ProxyError::AdminNotConfigured => "admin_not_configured",
             ProxyError::Internal => "internal_error",
@@ -163,6 +167,9 @@ impl ProxyError {
                 "The vendor could not be reached; the call may or may not have taken effect.".into()
             }
             ProxyError::VendorNotConfigured => "Keybrake holds no credential for this vendor; nothing was sent.".into(),
+            ProxyError::VendorAuthFailed => {
+                "The vendor refused Keybrake's own credential; nothing was charged. The operator must fix it.".into()
+            }
             ProxyError::AdminNotConfigured => {
                 format!("The admin API is off: set KEYBRAKE_API_KEY to a random secret of at least {MIN_ADMIN_KEY_CHARS} characters.")
             }

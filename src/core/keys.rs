@@ -73,14 +73,49 @@ const FIELDS: [&str; 8] = [
     "allow_expand",
 ];
 
+/// The fields of a JSON object body. A field given twice is refused, naming it: serde_json
+/// would keep the last copy, so `{"daily_usd_cap":1, …, "daily_usd_cap":1000000}` could carry
+/// a cap past whoever read the first.
+pub fn json_fields(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ProxyError> {
+    struct Fields<'a>(Vec<(String, &'a RawValue)>);
+    impl<'de> Deserialize<'de> for Fields<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Fields<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut fields = Vec::new();
+                    while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                        fields.push(entry);
+                    }
+                    Ok(Fields(fields))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let bad = |msg: String| ProxyError::InvalidRequest(msg);
+    let Fields(pairs) = serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
+    let mut fields = BTreeMap::new();
+    for (name, value) in pairs {
+        if fields.contains_key(&name) {
+            return Err(bad(format!("field {name:?} appears more than once")));
+        }
+        fields.insert(name, value);
+    }
+    Ok(fields)
+}
+
 /// Parses and validates a key request. Every refusal names the field at fault.
 pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
     let bad = |msg: String| ProxyError::InvalidRequest(msg);
     if body.len() > MAX_BODY_BYTES {
         return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
     }
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
+    let fields = json_fields(body)?;
     if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("unknown field {unknown:?}; fields are {}", FIELDS.join(", "))));
     }
@@ -169,14 +204,17 @@ pub fn parse_refresh(body: &[u8]) -> Result<u64, ProxyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DEFAULT_TTL_SECS);
     }
-    let fields: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
+    let fields = json_fields(body)?;
     if let Some(unknown) = fields.keys().find(|k| k.as_str() != "expires_in") {
         return Err(bad(format!("unknown field {unknown:?}; the only field is expires_in")));
     }
-    match fields.get("expires_in") {
-        None | Some(serde_json::Value::Null) => Ok(DEFAULT_TTL_SECS),
-        Some(value) => parse_ttl(value).map_err(|e| bad(format!("expires_in {e}"))),
+    match fields.get("expires_in").filter(|raw| raw.get() != "null") {
+        None => Ok(DEFAULT_TTL_SECS),
+        Some(raw) => {
+            let value: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|_| bad("expires_in is not valid JSON".into()))?;
+            parse_ttl(&value).map_err(|e| bad(format!("expires_in {e}")))
+        }
     }
 }
 
@@ -379,8 +417,8 @@ mod tests {
             (format!("{{{base},\"daily_cap_usd\":7}}"), "daily_cap_usd"),
             (format!("{{{base},\"stripe_account\":\"acct_x/y\"}}"), "stripe_account"),
             (format!("{{{base},\"allow_expand\":\"yes\"}}"), "allow_expand"),
-            (format!("{{{base},\"stripe_account\":\"acct_x/y\"}}"), "stripe_account"),
-            (format!("{{{base},\"allow_expand\":\"yes\"}}"), "allow_expand"),
+            (format!("{{{base},\"daily_usd_cap\":1000000}}"), "daily_usd_cap"),
+            (format!("{{\"vendor\":\"twilio\",{base}}}"), "vendor"),
         ];
         for (body, field) in cases {
             let err = parse(&body).unwrap_err();
@@ -394,7 +432,13 @@ mod tests {
         assert_eq!(parse_refresh(br#"{"expires_in": "2h"}"#), Ok(7_200));
         assert_eq!(parse_refresh(b""), Ok(DEFAULT_TTL_SECS));
         assert_eq!(parse_refresh(b"{}"), Ok(DEFAULT_TTL_SECS));
-        for bad in [&br#"{"expires_in": "31d"}"#[..], br#"{"ttl": "2h"}"#, b"[]", b"2h"] {
+        for bad in [
+            &br#"{"expires_in": "31d"}"#[..],
+            br#"{"ttl": "2h"}"#,
+            b"[]",
+            b"2h",
+            br#"{"expires_in":"1m","expires_in":"30d"}"#,
+        ] {
             assert_eq!(parse_refresh(bad).unwrap_err().kind(), "invalid_request");
         }
     }

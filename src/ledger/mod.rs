@@ -33,6 +33,19 @@ pub use late::{Reconciliation, RECONCILE_GIVE_UP_MS, REPLAY_WINDOW_MS};
 /// How long an `Idempotency-Key` is remembered: the vendors' own retention (Stripe, Resend).
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3_600_000;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Refused calls on one key that get a row each per UTC day; the rest are counted on one row.
+pub const DENIED_ROWS_PER_DAY: u32 = 100;
+
+/// The refused calls of one UTC day on a key, as far as the audit trail is concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denials {
+    pub day: u64,
+    /// Refusals that got a row of their own.
+    pub rows: u32,
+    /// The one row that counts the rest.
+    pub coalesced: Option<AuditRow>,
+}
+
 /// Keys Keybrake makes up start with this. A client may send one back only if this vault key
 /// made it: the vendor's idempotency namespace is account-wide, so a key made for another
 /// vault key would reach that key's calls.
@@ -122,7 +135,8 @@ pub trait LedgerStore {
     fn put_reservation(&self, r: &Reservation) -> Result<(), Self::Error>;
     fn delete_reservation(&self, id: u64) -> Result<(), Self::Error>;
     /// Appends to the audit outbox, from which rows are copied to D1. A row with an id already
-    /// sent replaces it there (a reconciled cost, a resolved outcome).
+    /// sent replaces it there (a reconciled cost, a resolved outcome); one still waiting in the
+    /// outbox is replaced in place, so a row updated often (a coalesced count) is sent once.
     fn append_audit(&self, row: &AuditRow) -> Result<(), Self::Error>;
     fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error>;
     fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error>;
@@ -131,6 +145,7 @@ pub trait LedgerStore {
     fn put_idempotency(&self, r: &Remembered) -> Result<(), Self::Error>;
     /// The request of an unknown call, kept apart from the ledger and read only to replay it.
     fn put_replay(&self, id: u64, replay: &Replay) -> Result<(), Self::Error>;
+    fn put_denials(&self, denials: &Denials) -> Result<(), Self::Error>;
     fn get_replay(&self, id: u64) -> Result<Option<Replay>, Self::Error>;
     fn delete_replay(&self, id: u64) -> Result<(), Self::Error>;
 }
@@ -154,6 +169,7 @@ pub struct Ledger {
     reconciling: BTreeMap<u64, Reconciliation>,
     /// Sum of open reservations made on `key.day`.
     reserved_today: Micros,
+    denials: Denials,
 }
 
 impl Ledger {
@@ -161,7 +177,13 @@ impl Ledger {
         let day = utc_day(config.created_at_ms);
         let key = KeyRecord { config, secret_hash, revoked_at_ms: None, day, spent: Micros::ZERO, seq: 0 };
         store.put_key(&key)?;
-        Ok(Ledger { key, open: BTreeMap::new(), reconciling: BTreeMap::new(), reserved_today: Micros::ZERO })
+        Ok(Ledger {
+            key,
+            open: BTreeMap::new(),
+            reconciling: BTreeMap::new(),
+            reserved_today: Micros::ZERO,
+            denials: Denials::default(),
+        })
     }
 
     /// Rebuilds the ledger from what a store holds.
@@ -169,16 +191,22 @@ impl Ledger {
         key: KeyRecord,
         open: impl IntoIterator<Item = Reservation>,
         reconciling: impl IntoIterator<Item = Reconciliation>,
+        denials: Denials,
     ) -> Ledger {
         let open: BTreeMap<u64, Reservation> = open.into_iter().map(|r| (r.id, r)).collect();
         let reconciling = reconciling.into_iter().map(|r| (r.id, r)).collect();
-        let mut ledger = Ledger { key, open, reconciling, reserved_today: Micros::ZERO };
+        let mut ledger = Ledger { key, open, reconciling, reserved_today: Micros::ZERO, denials };
         ledger.recount_reserved();
         ledger
     }
 
     pub fn vendor(&self) -> crate::core::vendor::Vendor {
         self.key.config.vendor
+    }
+
+    /// Whether `secret_hash` is this key's secret, for `vendor`. Checked again by `reserve`.
+    pub fn authenticates(&self, vendor: crate::core::vendor::Vendor, secret_hash: &SecretHash) -> bool {
+        vendor == self.key.config.vendor && self.key.secret_hash.matches(secret_hash)
     }
 
     /// Runs the contract's checks in order and, if all pass, holds the price against today's cap.
@@ -193,7 +221,7 @@ impl Ledger {
         now_ms: u64,
         call: ReserveCall,
     ) -> Result<Result<Admitted, ProxyError>, S::Error> {
-        if call.vendor != self.key.config.vendor || !self.key.secret_hash.matches(&call.secret_hash) {
+        if !self.authenticates(call.vendor, &call.secret_hash) {
             return Ok(Err(ProxyError::InvalidKey));
         }
         self.roll_day(now_ms);
@@ -233,10 +261,51 @@ impl Ledger {
             Err(error) => {
                 let row = self.audit_row(seq, now_ms, &call.method, &call.path, call.idempotency_key);
                 store.put_counters(&self.key)?;
-                store.append_audit(&AuditRow { status: Some(error.status()), decision: error.kind().into(), ..row })?;
+                let row = AuditRow { status: Some(error.status()), decision: error.kind().into(), ..row };
+                self.record_denial(store, now_ms, row)?;
                 Ok(Err(error))
             }
         }
+    }
+
+    /// Audits a refused call. The day's first [`DENIED_ROWS_PER_DAY`] get a row each; past
+    /// that, and on a revoked or expired key from the first, they are counted on one row per
+    /// day (`count`, first and last time, the distinct error types), so a flood of refused
+    /// calls costs D1 a bounded number of rows.
+    fn record_denial<S: LedgerStore>(&mut self, store: &S, now_ms: u64, row: AuditRow) -> Result<(), S::Error> {
+        let day = utc_day(now_ms);
+        if self.denials.day != day {
+            self.denials = Denials { day, rows: 0, coalesced: None };
+        }
+        let dead = self.key.revoked_at_ms.is_some() || now_ms >= self.key.config.expires_at_ms;
+        if !dead && self.denials.rows < DENIED_ROWS_PER_DAY {
+            self.denials.rows += 1;
+            store.put_denials(&self.denials)?;
+            return store.append_audit(&row);
+        }
+        let id = format!("{}-denied-{day}", self.key.config.key_id);
+        let coalesced = self.denials.coalesced.get_or_insert_with(|| AuditRow {
+            id,
+            count: 0,
+            decision: String::new(),
+            idempotency_key: None,
+            idempotency_key_truncated: false,
+            ..row.clone()
+        });
+        coalesced.count += 1;
+        coalesced.last_ts_ms = Some(now_ms);
+        coalesced.status = row.status;
+        if !coalesced.decision.split(',').any(|d| d == row.decision) {
+            let mut kinds: Vec<&str> = coalesced.decision.split(',').filter(|d| !d.is_empty()).collect();
+            kinds.push(&row.decision);
+            kinds.sort_unstable();
+            coalesced.decision = kinds.join(",");
+        }
+        store.put_denials(&self.denials)?;
+        if let Some(c) = &self.denials.coalesced {
+            store.append_audit(c)?;
+        }
+        Ok(())
     }
 
     /// What is remembered about the call's `Idempotency-Key`, within the vendor's retention.
@@ -626,6 +695,7 @@ impl Ledger {
 
     fn audit_row(&self, seq: u64, now_ms: u64, method: &str, path: &str, idempotency_key: Option<String>) -> AuditRow {
         let config = &self.key.config;
+        let idempotency_key_truncated = idempotency_key.as_ref().is_some_and(|k| k.len() > MAX_IDEMPOTENCY_KEY_LEN);
         AuditRow {
             id: format!("{}-{seq:010}", config.key_id),
             ts_ms: now_ms,
@@ -640,11 +710,14 @@ impl Ledger {
             cost_micros: 0,
             outcome: Outcome::Denied,
             vendor_object_id: None,
-            // Bounded whatever the client sent: refusals are audited before length is judged.
+            // Bounded whatever the client sent, and flagged when cut.
             idempotency_key: idempotency_key.map(|k| crate::core::cost::truncate(&k, MAX_IDEMPOTENCY_KEY_LEN)),
             latency_ms: None,
             estimated_micros: None,
             reconciled_at_ms: None,
+            count: 1,
+            last_ts_ms: None,
+            idempotency_key_truncated,
         }
     }
 }
@@ -664,6 +737,7 @@ pub struct MemoryStore {
     pub reconciliations: std::cell::RefCell<BTreeMap<u64, Reconciliation>>,
     pub idempotency: std::cell::RefCell<BTreeMap<String, Remembered>>,
     pub replays: std::cell::RefCell<BTreeMap<u64, Replay>>,
+    pub denials: std::cell::RefCell<Denials>,
 }
 
 #[cfg(test)]
@@ -718,6 +792,10 @@ impl LedgerStore for MemoryStore {
     fn get_replay(&self, id: u64) -> Result<Option<Replay>, Self::Error> {
         Ok(self.replays.borrow().get(&id).cloned())
     }
+    fn put_denials(&self, denials: &Denials) -> Result<(), Self::Error> {
+        *self.denials.borrow_mut() = denials.clone();
+        Ok(())
+    }
     fn delete_replay(&self, id: u64) -> Result<(), Self::Error> {
         self.replays.borrow_mut().remove(&id);
         Ok(())
@@ -733,6 +811,7 @@ impl MemoryStore {
             key,
             self.reservations.borrow().values().cloned(),
             self.reconciliations.borrow().values().cloned(),
+            self.denials.borrow().clone(),
         ))
     }
 }

@@ -19,6 +19,12 @@ pub enum LedgerCall {
         config: KeyConfig,
         secret_hash: SecretHash,
     },
+    /// Check a presented secret, and nothing else: done before the Worker reads a body, so a
+    /// wrong secret is answered 401 whatever else is wrong with the request.
+    Authenticate {
+        vendor: Vendor,
+        secret_hash: SecretHash,
+    },
     /// Authenticate and run every check; on success hold `price` against the cap.
     Reserve(ReserveCall),
     /// Report how a reserved call ended.
@@ -141,6 +147,8 @@ pub enum LedgerReply {
     Denied {
         error: ProxyError,
     },
+    /// The secret is the key's.
+    Authenticated,
     Finished,
     State {
         state: KeyState,

@@ -666,6 +666,51 @@ fn the_replay_window_counts_from_the_keys_first_use() {
     assert_eq!(ledger.state(later, 0).unresolved, 1);
 }
 
+#[test]
+fn refused_calls_past_the_threshold_are_counted_on_one_row() {
+    let (store, mut ledger) = new_ledger(1_000);
+    for i in 0..(DENIED_ROWS_PER_DAY + 50) {
+        let price = if i % 2 == 0 { Ok(5_000) } else { Err(ProxyError::CurrencyNotAllowed) };
+        assert!(ledger.reserve(&store, T0 + u64::from(i), call(price)).unwrap().is_err());
+    }
+    let rows = store.audit.borrow();
+    let distinct: std::collections::BTreeMap<&str, &AuditRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    assert_eq!(distinct.len(), DENIED_ROWS_PER_DAY as usize + 1, "one row each, then one that counts the rest");
+    let coalesced = rows.last().unwrap();
+    assert_eq!(coalesced.id, format!("{ID}-denied-{}", crate::core::clock::utc_day(T0)));
+    assert_eq!((coalesced.count, coalesced.outcome), (50, Outcome::Denied));
+    assert_eq!(coalesced.decision, "cap_exhausted,currency_not_allowed");
+    assert_eq!((coalesced.ts_ms, coalesced.last_ts_ms), (T0 + 100, Some(T0 + 149)));
+    drop(rows);
+    assert_eq!(store.reload().unwrap().denials, ledger.denials, "stored");
+    // The next day starts afresh.
+    assert!(ledger.reserve(&store, T0 + MS_PER_DAY, call(Ok(5_000))).unwrap().is_err());
+    assert_eq!(store.audit.borrow().last().unwrap().count, 1);
+}
+
+#[test]
+fn refused_calls_on_a_revoked_key_are_counted_not_stored_one_by_one() {
+    let (store, mut ledger) = new_ledger(1_000);
+    ledger.revoke(&store, T0).unwrap();
+    for i in 0..1_000 {
+        assert_eq!(reserve(&mut ledger, &store, T0 + i, 1), Err(ProxyError::KeyRevoked));
+    }
+    let ids: std::collections::BTreeSet<String> = store.audit.borrow().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(store.audit.borrow().last().unwrap().count, 1_000);
+}
+
+#[test]
+fn an_over_long_idempotency_key_is_refused_and_stored_cut_with_a_flag() {
+    let (store, mut ledger) = new_ledger(1_000);
+    let long = "k".repeat(64 * 1024);
+    assert_eq!(admit(&mut ledger, &store, T0, keyed(Some(&long), 1)).unwrap_err().kind(), "invalid_request");
+    let row = store.audit.borrow().last().unwrap().clone();
+    assert_eq!(row.idempotency_key.map(|k| k.len()), Some(MAX_IDEMPOTENCY_KEY_LEN));
+    assert!(row.idempotency_key_truncated);
+    assert!(store.idempotency.borrow().is_empty(), "nothing remembered");
+}
+
 /// xorshift64*: deterministic, dependency-free randomness for the property test.
 struct Rng(u64);
 impl Rng {

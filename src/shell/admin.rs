@@ -1,7 +1,7 @@
 //! The admin API: issue, inspect and revoke vault keys, and read the audit trail.
 //! The key's Durable Object is the authority; D1 holds the registry and the audit rows.
 
-use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView};
+use crate::core::audit::{AuditPage, AuditQuery, AuditRow, AuditView, OutcomeCounts, SqlValue};
 use crate::core::error::{ProxyError, MIN_ADMIN_KEY_CHARS};
 use crate::core::keys::{parse_new_key, parse_refresh, IssuedKeyView, KeyView, MAX_BODY_BYTES};
 use crate::core::lockout::{self, Failure};
@@ -133,48 +133,79 @@ pub async fn refresh_key(mut req: Request, env: &Env, key_id: &str) -> AdminResu
     json(&KeyView::new(&state, now_ms()), 200)
 }
 
-/// `GET /vault/audit?key_id=...` or `?agent_run_label=...`
+/// `GET /vault/audit?key_id=…` or `?agent_run_label=…`: the running totals (one row, whatever
+/// the number of calls) and one page of rows, read from one index range.
 pub async fn audit(req: &Request, env: &Env) -> AdminResult {
     authorize(req, env).await?;
     let url = req.url().map_err(|_| ProxyError::InvalidRequest("bad URL".into()))?;
     let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let query =
         AuditQuery::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(ProxyError::InvalidRequest)?;
-    let (column, value) = match &query.filter {
-        AuditFilter::KeyId(id) => ("key_id", id),
-        AuditFilter::Label(label) => ("agent_run_label", label),
-    };
     let db = db(env)?;
+    let (scope, value) = query.scope();
+    let cursor_ts = match query.cursor_id() {
+        None => None,
+        Some(id) => {
+            #[derive(Deserialize)]
+            struct Ts {
+                ts_ms: u64,
+            }
+            let column = if scope == "key" { "key_id" } else { "agent_run_label" };
+            let found: Option<Ts> = db
+                .prepare(format!("SELECT ts_ms FROM audit WHERE id = ?1 AND {column} = ?2"))
+                .bind(&[id.into(), value.into()])
+                .map_err(internal("bind audit cursor"))?
+                .first(None)
+                .await
+                .map_err(internal("audit cursor"))?;
+            let found =
+                found.ok_or_else(|| ProxyError::InvalidRequest(format!("no audit row {id} in this listing")))?;
+            Some(found.ts_ms)
+        }
+    };
     let totals = db
-        .prepare(format!(
-            "SELECT COUNT(*) AS count, COALESCE(SUM(cost_micros), 0) AS total FROM audit WHERE {column} = ?1"
-        ))
-        .bind(&[value.as_str().into()])
+        .prepare("SELECT * FROM audit_totals WHERE scope = ?1 AND value = ?2")
+        .bind(&[scope.into(), value.into()])
         .map_err(internal("bind audit totals"))?;
-    let rows = db
-        .prepare(format!("SELECT * FROM audit WHERE {column} = ?1 ORDER BY ts_ms, id LIMIT ?2"))
-        .bind(&[value.as_str().into(), js_number(u64::from(query.limit))])
-        .map_err(internal("bind audit rows"))?;
+    let (sql, binds) = query.page_sql(cursor_ts);
+    let binds: Vec<JsValue> = binds
+        .into_iter()
+        .map(|b| match b {
+            SqlValue::Text(t) => JsValue::from(t),
+            SqlValue::Int(n) => js_number(n),
+        })
+        .collect();
+    let rows = db.prepare(sql).bind(&binds).map_err(internal("bind audit rows"))?;
     let results = db.batch(vec![totals, rows]).await.map_err(internal("audit query"))?;
 
-    #[derive(Deserialize)]
+    #[derive(Default, Deserialize)]
     struct Totals {
-        count: u64,
-        total: u64,
+        calls: u64,
+        cost_micros: u64,
+        settled: u64,
+        released: u64,
+        unknown: u64,
+        denied: u64,
+        replayed: u64,
     }
     let (Some(totals), Some(rows)) = (results.first(), results.get(1)) else {
         return Err(ProxyError::Internal);
     };
-    let totals: Totals = totals
-        .results::<Totals>()
-        .map_err(internal("decode audit totals"))?
-        .into_iter()
-        .next()
-        .ok_or(ProxyError::Internal)?;
+    let totals: Totals =
+        totals.results::<Totals>().map_err(internal("decode audit totals"))?.into_iter().next().unwrap_or_default();
     let rows: Vec<AuditRow> = rows.results().map_err(internal("decode audit rows"))?;
+    let (rows, has_more) = query.in_order(rows);
     let page = AuditPage {
-        count: totals.count,
-        total_usd: Micros(totals.total),
+        count: totals.calls,
+        total_usd: Micros(totals.cost_micros),
+        outcomes: OutcomeCounts {
+            settled: totals.settled,
+            released: totals.released,
+            unknown: totals.unknown,
+            denied: totals.denied,
+            replayed: totals.replayed,
+        },
+        has_more,
         calls: rows.iter().map(AuditView::from).collect(),
     };
     json(&page, 200)

@@ -3,10 +3,13 @@
 
 use crate::core::error::ProxyError;
 use crate::core::lockout::{Failure, Verdict};
-use crate::core::token::is_key_id;
+use crate::core::token::{is_key_id, SecretHash};
+use crate::core::vendor::Vendor;
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
 use crate::shell::errors::internal;
 use serde::{de::DeserializeOwned, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use worker::{console_error, Env, Method, Request, RequestInit, Stub};
 
 const VAULT_KEYS: &str = "VAULT_KEYS";
@@ -29,8 +32,17 @@ async fn call_object<M: Serialize, R: DeserializeOwned>(stub: &Stub, message: &M
     serde_json::from_str(&text).map_err(|_| ProxyError::Internal)
 }
 
+/// Secrets this isolate has seen the key's object confirm, by key id. A key's secret never
+/// changes, so a match needs no round trip and a mismatch is a wrong secret. Revocation and
+/// expiry are not cached: the object judges them on every reservation.
+const MAX_CONFIRMED: usize = 10_000;
+thread_local! {
+    static CONFIRMED: RefCell<HashMap<String, (Vendor, SecretHash)>> = RefCell::new(HashMap::new());
+}
+
 /// A key's `VaultKey` object.
 pub struct LedgerClient {
+    key_id: String,
     stub: Stub,
 }
 
@@ -43,7 +55,7 @@ impl LedgerClient {
         }
         let namespace = env.durable_object(VAULT_KEYS).ok()?;
         let stub = namespace.id_from_string(key_id).ok()?.get_stub().ok()?;
-        Some(LedgerClient { stub })
+        Some(LedgerClient { key_id: key_id.to_string(), stub })
     }
 
     /// A fresh object for a new key, with its id.
@@ -51,7 +63,36 @@ impl LedgerClient {
         let namespace = env.durable_object(VAULT_KEYS).map_err(internal("durable object binding"))?;
         let id = namespace.unique_id().map_err(internal("new durable object id"))?;
         let stub = id.get_stub().map_err(internal("durable object stub"))?;
-        Ok((id.to_string(), LedgerClient { stub }))
+        let key_id = id.to_string();
+        Ok((key_id.clone(), LedgerClient { key_id, stub }))
+    }
+
+    /// Checks a presented secret before anything else of the request is read: against what
+    /// this isolate has seen confirmed, else by asking the key's object.
+    pub async fn authenticate(&self, vendor: Vendor, secret_hash: &SecretHash) -> Result<(), ProxyError> {
+        let known = CONFIRMED.with(|c| c.borrow().get(&self.key_id).cloned());
+        if let Some((confirmed_vendor, confirmed)) = known {
+            return match confirmed_vendor == vendor && confirmed.matches(secret_hash) {
+                true => Ok(()),
+                false => Err(ProxyError::InvalidKey),
+            };
+        }
+        let call = LedgerCall::Authenticate { vendor, secret_hash: secret_hash.clone() };
+        match self.call(&call).await? {
+            LedgerReply::Authenticated => {
+                CONFIRMED.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.len() >= MAX_CONFIRMED {
+                        c.clear();
+                    }
+                    c.insert(self.key_id.clone(), (vendor, secret_hash.clone()));
+                });
+                Ok(())
+            }
+            LedgerReply::Denied { error } => Err(error),
+            LedgerReply::NotFound => Err(ProxyError::InvalidKey),
+            _ => Err(ProxyError::Internal),
+        }
     }
 
     pub async fn call(&self, call: &LedgerCall) -> Result<LedgerReply, ProxyError> {

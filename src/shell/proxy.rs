@@ -82,10 +82,12 @@ async fn proxy(
     token: Option<VaultToken<'_>>,
     known: &mut Vec<(&'static str, String)>,
 ) -> std::result::Result<Response, ProxyError> {
-    // Authenticate: a well-formed token naming an object the runtime minted. Nothing is
-    // created for a token that fails here; the secret itself is checked by the object.
+    // Authenticate first: a well-formed token naming an object the runtime minted, then its
+    // secret. Nothing is created for a token that fails, nothing of the request is read or
+    // judged before, and a wrong secret gets the same 401 whatever else is wrong.
     let token = token.ok_or(ProxyError::InvalidKey)?;
     let ledger = LedgerClient::existing(env, token.key_id).ok_or(ProxyError::InvalidKey)?;
+    ledger.authenticate(token.vendor, &token.secret_hash()).await?;
     let (call, reserve) = read(req, env, route_vendor, path, &token).await?;
     let granted = reserve_in(&ledger, reserve).await?;
     known.push(("x-keybrake-key-id", call.key_id.clone()));
@@ -94,6 +96,19 @@ async fn proxy(
     }
     let (spec, remaining) = (call.spec, granted.remaining);
     let answer = forward_and_settle(call, granted, ledger, env, ctx).await?;
+    if matches!(answer.status, 401 | 403) {
+        // The client's credential never goes upstream: this is about ours.
+        let request_id = ["request-id", "twilio-request-id", "x-request-id"]
+            .iter()
+            .find_map(|h| answer.headers.get(h).ok().flatten())
+            .unwrap_or_default();
+        console_error!(
+            "{} answered {} to Keybrake's own credential (request {request_id}); check its Worker secret",
+            spec.name,
+            answer.status
+        );
+        return Err(ProxyError::VendorAuthFailed);
+    }
     respond(answer, spec, known, remaining)
 }
 

@@ -130,7 +130,7 @@ test("300 concurrent $1.50 intents against a $300 cap: exactly 200 reach Stripe"
   assert.equal(state.spent_usd, 300);
   assert.equal(state.remaining_usd, 0);
 
-  const audit = await kb.auditUntil({ agent_run_label: runLabel }, (p) => p.count === 300);
+  const audit = await kb.auditUntil({ agent_run_label: runLabel, limit: 1000 }, (p) => p.count === 300);
   assert.equal(audit.total_usd, 300);
   assert.equal(audit.calls.filter((c) => c.decision === "forwarded" && c.outcome === "settled").length, 200);
   assert.equal(audit.calls.filter((c) => c.decision === "cap_exhausted" && c.outcome === "denied").length, 100);

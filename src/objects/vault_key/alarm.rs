@@ -12,7 +12,28 @@ use crate::runtime::{js_number, upstream};
 use wasm_bindgen::JsValue;
 use worker::{console_error, Date, Method, Response, Result, SqlStorageValue};
 
-const FLUSH_BATCH: usize = 100;
+/// Rows per D1 batch; each row is three statements (its key's totals, its label's, itself).
+const FLUSH_BATCH: usize = 50;
+
+const UPSERT_ROW: &str = "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
+     status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, latency_ms, \
+     estimated_micros, reconciled_at_ms, count, last_ts_ms, idempotency_key_truncated) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+
+/// Adds a row snapshot to its scope's totals, less the snapshot it replaces (if any).
+const TOTALS_DELTA: &str = "INSERT INTO audit_totals \
+     (scope, value, calls, cost_micros, settled, released, unknown, denied, replayed) \
+     SELECT ?1, ?2, ?3 - COALESCE(o.count, 0), ?4 - COALESCE(o.cost_micros, 0), \
+     (?5 = 'settled') * ?3 - COALESCE((o.outcome = 'settled') * o.count, 0), \
+     (?5 = 'released') * ?3 - COALESCE((o.outcome = 'released') * o.count, 0), \
+     (?5 = 'unknown') * ?3 - COALESCE((o.outcome = 'unknown') * o.count, 0), \
+     (?5 = 'denied') * ?3 - COALESCE((o.outcome = 'denied') * o.count, 0), \
+     (?5 = 'replayed') * ?3 - COALESCE((o.outcome = 'replayed') * o.count, 0) \
+     FROM (SELECT 1) LEFT JOIN audit AS o ON o.id = ?6 WHERE true \
+     ON CONFLICT (scope, value) DO UPDATE SET calls = calls + excluded.calls, \
+     cost_micros = cost_micros + excluded.cost_micros, settled = settled + excluded.settled, \
+     released = released + excluded.released, unknown = unknown + excluded.unknown, \
+     denied = denied + excluded.denied, replayed = replayed + excluded.replayed";
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 const ALARM_CALL_TIMEOUT_MS: u64 = 10_000;
 
@@ -60,20 +81,25 @@ impl VaultKey {
             let Some(last) = rows.last().map(|(seq, _)| *seq) else {
                 return Ok(());
             };
-            let statements = rows
-                .iter()
-                .map(|(_, row)| {
-                    db.prepare(
-                        "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
-                         status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, \
-                         latency_ms, estimated_micros, reconciled_at_ms) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                    )
-                    .bind(&audit_values(row))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let mut statements = Vec::with_capacity(rows.len() * 3);
+            for (_, row) in &rows {
+                // The totals move by this snapshot minus the one it replaces, read in the same
+                // transaction, before the row itself is written.
+                let scopes = [Some(("key", row.key_id.as_str())), row.agent_run_label.as_deref().map(|l| ("label", l))];
+                for (scope, value) in scopes.into_iter().flatten() {
+                    statements.push(db.prepare(TOTALS_DELTA).bind(&[
+                        scope.into(),
+                        value.into(),
+                        js_number(row.count),
+                        js_number(row.cost_micros),
+                        row.outcome.as_str().into(),
+                        row.id.as_str().into(),
+                    ])?);
+                }
+                statements.push(db.prepare(UPSERT_ROW).bind(&audit_values(row))?);
+            }
             db.batch(statements).await?;
-            self.store().sql.exec("DELETE FROM audit_outbox WHERE seq <= ?", vec![SqlStorageValue::Integer(last)])?;
+            self.store().sql.exec("DELETE FROM outbox WHERE seq <= ?", vec![SqlStorageValue::Integer(last)])?;
         }
     }
 
@@ -193,5 +219,8 @@ fn audit_values(row: &AuditRow) -> Vec<JsValue> {
         opt_num(row.latency_ms),
         opt_num(row.estimated_micros),
         opt_num(row.reconciled_at_ms),
+        num(row.count),
+        opt_num(row.last_ts_ms),
+        num(u64::from(row.idempotency_key_truncated)),
     ]
 }

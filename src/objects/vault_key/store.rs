@@ -6,7 +6,7 @@ use crate::core::keys::KeyConfig;
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
 use crate::ledger::protocol::Replay;
-use crate::ledger::{KeyRecord, Ledger, LedgerStore, Reconciliation, Remembered, Reservation};
+use crate::ledger::{Denials, KeyRecord, Ledger, LedgerStore, Reconciliation, Remembered, Reservation};
 use serde::Deserialize;
 use std::cell::Cell;
 use worker::{Result, SqlStorage, SqlStorageValue};
@@ -23,7 +23,11 @@ CREATE TABLE IF NOT EXISTS reservations (
 CREATE TABLE IF NOT EXISTS reconciliations (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, record TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_ms);
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS denials (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row TEXT NOT NULL);
+INSERT OR REPLACE INTO outbox (id, row) SELECT json_extract(row, '$.id'), row FROM audit_outbox ORDER BY seq;
+DELETE FROM audit_outbox;
 CREATE TABLE IF NOT EXISTS replays (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
 ";
 
@@ -93,7 +97,12 @@ impl LedgerStore for SqlStore {
     }
 
     fn append_audit(&self, row: &AuditRow) -> Result<()> {
-        self.sql.exec("INSERT INTO audit_outbox (row) VALUES (?)", vec![serde_json::to_string(row)?.into()])?;
+        // A row still waiting is replaced, so it goes to D1 once. It takes a new, later `seq`:
+        // a flush under way deletes only what it read, never a newer snapshot.
+        self.sql.exec(
+            "INSERT OR REPLACE INTO outbox (id, row) VALUES (?, ?)",
+            vec![row.id.clone().into(), serde_json::to_string(row)?.into()],
+        )?;
         self.appended.set(true);
         Ok(())
     }
@@ -138,6 +147,14 @@ impl LedgerStore for SqlStore {
         let rows: Vec<RecordRow> =
             self.sql.exec("SELECT record FROM replays WHERE id = ?", vec![int(id)])?.to_array()?;
         rows.first().map(|r| serde_json::from_str(&r.record)).transpose().map_err(Into::into)
+    }
+
+    fn put_denials(&self, denials: &Denials) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR REPLACE INTO denials (id, record) VALUES (1, ?)",
+            vec![serde_json::to_string(denials)?.into()],
+        )?;
+        Ok(())
     }
 
     fn delete_replay(&self, id: u64) -> Result<()> {
@@ -216,7 +233,10 @@ impl SqlStore {
             .iter()
             .map(|r| serde_json::from_str::<Reconciliation>(&r.record))
             .collect::<serde_json::Result<Vec<_>>>()?;
-        Ok(Some(Ledger::load(key, open, reconciling)))
+        let denials: Vec<RecordRow> = self.sql.exec("SELECT record FROM denials", None)?.to_array()?;
+        let denials =
+            denials.first().map(|r| serde_json::from_str::<Denials>(&r.record)).transpose()?.unwrap_or_default();
+        Ok(Some(Ledger::load(key, open, reconciling, denials)))
     }
 
     pub(super) fn outbox_len(&self) -> Result<u64> {
@@ -224,7 +244,7 @@ impl SqlStore {
         struct Count {
             n: u64,
         }
-        Ok(self.sql.exec("SELECT COUNT(*) AS n FROM audit_outbox", None)?.one::<Count>()?.n)
+        Ok(self.sql.exec("SELECT COUNT(*) AS n FROM outbox", None)?.one::<Count>()?.n)
     }
 
     pub(super) fn outbox_batch(&self, limit: usize) -> Result<Vec<(i64, AuditRow)>> {
@@ -233,10 +253,8 @@ impl SqlStore {
             seq: i64,
             row: String,
         }
-        let rows: Vec<OutboxRow> = self
-            .sql
-            .exec("SELECT seq, row FROM audit_outbox ORDER BY seq LIMIT ?", vec![int(limit as u64)])?
-            .to_array()?;
+        let rows: Vec<OutboxRow> =
+            self.sql.exec("SELECT seq, row FROM outbox ORDER BY seq LIMIT ?", vec![int(limit as u64)])?.to_array()?;
         rows.into_iter().map(|r| Ok((r.seq, serde_json::from_str(&r.row)?))).collect()
     }
 }
