@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { gzipSync } from "node:zlib";
 import { boundedPool, keepAliveAgent, timedRequest } from "./client.mjs";
-import { auditLabel, keysLabel, ROWS_PER_LABEL, seedAuditTo, seedKeysTo } from "./seed.mjs";
+import { auditLabel, keysLabel, ROWS_PER_LABEL, seedAuditTo, seedKeysTo, seedLabelTo } from "./seed.mjs";
 import { round, rounded, summarize } from "./stats.mjs";
 
 const PAYMENT_INTENTS = "/v1/payment_intents";
@@ -310,6 +310,73 @@ export async function auditQueryGrowth(ctx) {
   }
   agent.destroy();
   return growthFigures(points);
+}
+
+/**
+ * 4a'. The summary of one label (count, total, outcomes) and its newest row, as the label itself
+ * grows: read from running totals and one index range, it should not grow with the label.
+ */
+export async function auditSummaryGrowth(ctx) {
+  const { cfg, checks } = ctx;
+  const deadline = ctx.deadline(cfg.budgets.auditGrowth);
+  const agent = keepAliveAgent(1);
+  const label = "bench/audit/summary";
+  const path = `/vault/audit?agent_run_label=${encodeURIComponent(label)}&order=desc&limit=1`;
+  const points = [];
+  for (const size of cfg.growth.labelRows) {
+    const rows = await seedLabelTo(ctx.db, label, size, { deadline });
+    const { times, bad } = await timeSamples({
+      ...cfg.growth,
+      deadline,
+      sample: () => timedRequest(ctx.url, { agent, path, headers: ctx.adminHeaders }),
+      expect: (res) => {
+        if (res.status !== 200) return false;
+        const page = JSON.parse(res.body);
+        return page.count === size && page.outcomes.settled === size && page.calls.length === 1 && page.has_more;
+      },
+    });
+    checks.check(
+      `growth: the summary of a ${rows}-call label counted every call`,
+      bad.length === 0 && rows === size,
+      bad[0] ?? `${rows} calls in its totals`,
+    );
+    points.push(point(`${rows.toLocaleString("en-US")} calls in the label`, rows, times));
+  }
+  agent.destroy();
+  return growthFigures(points);
+}
+
+/**
+ * 4d. A flood of refused calls on one key: the D1 rows it leaves after a tenth of the flood
+ * and after all of it. Past 100 refusals a day, a key's refusals are counted on one row.
+ */
+export async function deniedFlood(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, concurrency } = cfg.flood;
+  const key = await ctx.issueKey({ daily_usd_cap: 1, agent_run_label: "bench/flood" });
+  const agent = keepAliveAgent(concurrency);
+  const rowsOfKey = async () =>
+    (await ctx.db.prepare("SELECT COUNT(*) AS n FROM audit WHERE key_id = ?").bind(key.key_id).first()).n;
+  const refuse = () => attempt(paymentIntent(ctx.url, agent, key.vault_key, "amount=100&currency=eur"));
+  const rowsAt = [];
+  let sent = 0;
+  const started = performance.now();
+  const deadline = ctx.deadline(cfg.budgets.flood);
+  for (const upTo of [calls / 10, calls]) {
+    const { results } = await boundedPool(upTo - sent, concurrency, deadline, refuse);
+    sent += results.length;
+    checks.check(`flood: ${results.length} refused calls answered 422`, results.every((r) => r.status === 422), statusTally(results));
+    await ctx.auditUntil("bench/flood", (page) => page.count >= sent, cfg.budgets.auditDrain);
+    rowsAt.push({ calls: sent, d1_rows: await rowsOfKey() });
+  }
+  agent.destroy();
+  const [tenth, all] = rowsAt;
+  checks.check(
+    `flood: ${all.calls} refused calls left the rows ${tenth.calls} did`,
+    all.d1_rows === tenth.d1_rows && all.d1_rows <= 101 && (all.calls === calls || !cfg.strictCounts),
+    JSON.stringify(rowsAt),
+  );
+  return { points: rowsAt, ratio: round(all.d1_rows / tenth.d1_rows, 2), calls_per_s: round((1000 * calls) / (performance.now() - started)) };
 }
 
 /**

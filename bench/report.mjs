@@ -98,8 +98,13 @@ export function tableRows(r, { judgeSpeed = true } = {}) {
     add("growth", `${name}: p50 ratio largest/smallest`, times(g.ratio_p50), `<= ${T.growth_ratio}x`, ok, "FLAG");
   };
   growth("audit query for 100 rows", r.growth.audit_query);
+  growth("audit summary of one label", r.growth.audit_summary);
   growth("key issue", r.growth.issue_key);
   growth("proxied call", r.growth.idempotency);
+
+  const F = r.flood;
+  for (const p of F.points) add("flood", `D1 rows after ${int(p.calls)} refused calls on one key`, int(p.d1_rows));
+  add("flood", "rows ratio, all / first tenth", times(F.ratio), "1x", F.ratio === 1, "FLAG");
 
   const S = r.size;
   add("size", "wasm raw bytes", int(S.wasm_bytes));

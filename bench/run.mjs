@@ -38,15 +38,18 @@ const FULL = {
     warmup: 10,
     samples: 100,
     auditRows: [1_000, 10_000, 100_000],
+    labelRows: [1_000, 1_000_000],
     keys: [10, 10_000],
     idempotencyKeys: [10, 10_000],
     historyConcurrency: 16,
   },
   // Seconds. A phase stops starting new calls at its budget; the whole run at runSeconds.
+  flood: { calls: 10_000, concurrency: 50 },
   budgets: {
-    warmup: 30, latency: 60, manyKeysSetup: 30, auditDrain: 30, auditGrowth: 60, issueGrowth: 30, idempotencyGrowth: 60,
+    warmup: 30, latency: 60, manyKeysSetup: 30, auditDrain: 30, auditGrowth: 240, issueGrowth: 30, idempotencyGrowth: 60,
+    flood: 90,
   },
-  runSeconds: 240,
+  runSeconds: 600,
   // A full run that was cut short did not measure what it claims: that fails a check.
   strictCounts: true,
   out: "results.json",
@@ -60,15 +63,18 @@ const SMOKE_CFG = {
     warmup: 2,
     samples: 10,
     auditRows: [100, 1_000],
+    labelRows: [100, 1_000],
     keys: [10, 100],
     idempotencyKeys: [10, 100],
     historyConcurrency: 8,
   },
   // Generous: a slow CI machine may take its time, and the smoke run never judges speed.
+  flood: { calls: 2_000, concurrency: 50 },
   budgets: {
     warmup: 60, latency: 60, manyKeysSetup: 60, auditDrain: 60, auditGrowth: 60, issueGrowth: 60, idempotencyGrowth: 60,
+    flood: 60,
   },
-  runSeconds: 240,
+  runSeconds: 300,
   strictCounts: false,
   out: "results.smoke.json",
 };
@@ -268,6 +274,7 @@ async function main() {
   // after a load starts once the audit writes behind it have settled.
   await step("warm-up", () => phases.warmUp(ctx));
   const audit_query = await step("growth: audit query", () => phases.auditQueryGrowth(ctx));
+  const audit_summary = await step("growth: audit summary", () => phases.auditSummaryGrowth(ctx));
   const issue_key = await step("growth: key issue", () => phases.issueKeyGrowth(ctx));
   await ctx.quiesce();
   const latency = await step("latency", () => phases.latency(ctx));
@@ -277,9 +284,11 @@ async function main() {
   const many_keys = await step("many keys", () => phases.manyKeys(ctx));
   await ctx.quiesce();
   const idempotency = await step("growth: idempotency keys", () => phases.idempotencyGrowth(ctx));
+  await ctx.quiesce();
+  const flood = await step("refused-call flood", () => phases.deniedFlood(ctx));
   const size = { ...phases.wasmSize(join(ROOT, "build/index_bg.wasm")), cold_start_ms: round(kb.coldStartMs) };
 
-  const figures = { latency, burst, many_keys, growth: { audit_query, issue_key, idempotency }, size };
+  const figures = { latency, burst, many_keys, growth: { audit_query, audit_summary, issue_key, idempotency }, flood, size };
   for (const [name, value] of Object.entries(figures)) checks.finite(name, value);
 
   const meta = {

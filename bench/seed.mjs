@@ -63,12 +63,63 @@ export async function seedAuditTo(db, target, { deadline }) {
       3, // latency_ms
     ]);
   }
-  const columns = [
-    "id", "ts_ms", "key_id", "agent_run_label", "vendor", "method", "path", "status", "decision",
-    "reserved_micros", "cost_micros", "outcome", "vendor_object_id", "idempotency_key", "latency_ms",
-  ];
-  await insertRows(db, "audit", columns, rows, deadline);
+  await insertRows(db, "audit", AUDIT_COLUMNS, rows, deadline);
+  await addTotals(db, rows);
   return count(db, "audit");
+}
+
+const AUDIT_COLUMNS = [
+  "id", "ts_ms", "key_id", "agent_run_label", "vendor", "method", "path", "status", "decision",
+  "reserved_micros", "cost_micros", "outcome", "vendor_object_id", "idempotency_key", "latency_ms",
+];
+
+/**
+ * Adds seeded rows (all settled) to the running totals, by key and by label, as each key's
+ * object does for the rows it writes: the audit summary reads only these.
+ */
+async function addTotals(db, rows) {
+  const sums = new Map();
+  for (const r of rows) {
+    for (const scope of [["key", r[2]], ["label", r[3]]]) {
+      const id = scope.join("\n");
+      const t = sums.get(id) ?? sums.set(id, { scope, calls: 0, cost: 0 }).get(id);
+      t.calls += 1;
+      t.cost += r[10];
+    }
+  }
+  const statements = [...sums.values()].map(({ scope: [scope, value], calls, cost }) =>
+    db
+      .prepare(
+        "INSERT INTO audit_totals (scope, value, calls, cost_micros, settled) VALUES (?1, ?2, ?3, ?4, ?3) " +
+          "ON CONFLICT (scope, value) DO UPDATE SET calls = calls + excluded.calls, " +
+          "cost_micros = cost_micros + excluded.cost_micros, settled = settled + excluded.settled",
+      )
+      .bind(scope, value.slice(1, -1).replaceAll("''", "'"), calls, cost),
+  );
+  for (let i = 0; i < statements.length; i += 100) await db.batch(statements.slice(i, i + 100));
+}
+
+/**
+ * Grows one label, of one key, to `target` rows: the label whose summary is read as it grows.
+ * Returns the label's row count afterwards, from its totals.
+ */
+export async function seedLabelTo(db, label, target, { deadline }) {
+  const have = (await db.prepare("SELECT calls FROM audit_totals WHERE scope = 'label' AND value = ?").bind(label).first())?.calls ?? 0;
+  const keyId = hex64();
+  const base = Date.now() - target;
+  for (let from = have; from < target; from += 100_000) {
+    const rows = [];
+    for (let n = from; n < Math.min(target, from + 100_000); n += 1) {
+      rows.push([
+        sqlString(`big-${String(n).padStart(9, "0")}`), base + n, sqlString(keyId), sqlString(label),
+        sqlString("stripe"), sqlString("POST"), sqlString("/v1/payment_intents"), 200, sqlString("forwarded"),
+        10_000, 10_000, sqlString("settled"), sqlString(`pi_big${n}`), "NULL", 3,
+      ]);
+    }
+    await insertRows(db, "audit", AUDIT_COLUMNS, rows, deadline);
+    await addTotals(db, rows);
+  }
+  return (await db.prepare("SELECT calls FROM audit_totals WHERE scope = 'label' AND value = ?").bind(label).first()).calls;
 }
 
 /** Grows `vault_keys` to `target` rows, ROWS_PER_LABEL keys per label. Returns the count afterwards. */
