@@ -9,7 +9,7 @@ use crate::ledger::protocol::{LedgerCall, LedgerReply};
 use crate::shell::errors::internal;
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use worker::{console_error, Env, Method, Request, RequestInit, Stub};
 
 const VAULT_KEYS: &str = "VAULT_KEYS";
@@ -37,7 +37,7 @@ async fn call_object<M: Serialize, R: DeserializeOwned>(stub: &Stub, message: &M
 /// expiry are not cached: the object judges them on every reservation.
 const MAX_CONFIRMED: usize = 10_000;
 thread_local! {
-    static CONFIRMED: RefCell<HashMap<String, (Vendor, SecretHash)>> = RefCell::new(HashMap::new());
+    static CONFIRMED: RefCell<BTreeMap<String, (Vendor, SecretHash)>> = RefCell::new(BTreeMap::new());
 }
 
 /// A key's `VaultKey` object.
