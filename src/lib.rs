@@ -26,6 +26,8 @@
 
 pub mod core;
 pub mod ledger;
+#[cfg(test)]
+mod docs;
 #[cfg(target_arch = "wasm32")]
 mod objects;
 #[cfg(target_arch = "wasm32")]

@@ -30,8 +30,8 @@ pub enum Cost {
     Free,
     /// Can move money, but the amount is not in the request.
     Unpriceable(&'static str),
-    /// Priced by the vendor module from the request.
-    Priced(PriceFn),
+    /// Priced by the vendor module from the request; the text says how, for the docs.
+    Priced(PriceFn, &'static str),
 }
 
 /// A vendor's pricing function for one rule.
@@ -114,10 +114,10 @@ pub fn price(vendor: Vendor, input: &PriceInput<'_>) -> Result<Price, ProxyError
         Cost::Unpriceable(why) => Err(ProxyError::CostUnknown(why.into())),
         // Vendors read a POST's query parameters too (Stripe does): a priced call must carry
         // every parameter where it is priced from, so an `amount` cannot hide in the query.
-        Cost::Priced(_) if !input.query.is_empty() => Err(ProxyError::InvalidRequest(
+        Cost::Priced(..) if !input.query.is_empty() => Err(ProxyError::InvalidRequest(
             "this call is priced from its body; send its parameters in the body, not the query string".into(),
         )),
-        Cost::Priced(f) => f(input),
+        Cost::Priced(f, _) => f(input),
     }
 }
 

@@ -28,8 +28,8 @@ pub const SPEC: VendorSpec = VendorSpec {
 
 const COST_RULES: &[CostRule] = &[
     rule("GET", "*", Cost::Free),
-    rule("POST", "/emails", Cost::Priced(single_email)),
-    rule("POST", "/emails/batch", Cost::Priced(batch)),
+    rule("POST", "/emails", Cost::Priced(single_email, "the addresses in `to` + `cc` + `bcc` × the price per email")),
+    rule("POST", "/emails/batch", Cost::Priced(batch, "the sum over the batch's emails (1 to 100)")),
     // Rescheduling or cancelling a scheduled email sends nothing new.
     rule("PATCH", "/emails/{id}", Cost::Free),
     rule("POST", "/emails/{id}/cancel", Cost::Free),

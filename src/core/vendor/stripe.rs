@@ -32,7 +32,8 @@ pub const SPEC: VendorSpec = VendorSpec {
     error_shape: ErrorShape::Stripe,
 };
 
-const AMOUNT: Cost = Cost::Priced(request_amount);
+const AMOUNT: Cost =
+    Cost::Priced(request_amount, "holds `amount` (cents, `currency=usd` only); settles at the response's `amount`");
 
 const COST_RULES: &[CostRule] = &[
     rule("GET", "*", Cost::Free),

@@ -42,8 +42,16 @@ pub const SPEC: VendorSpec = VendorSpec {
 
 const COST_RULES: &[CostRule] = &[
     rule("GET", "*", Cost::Free),
-    rule("POST", "/2010-04-01/Accounts/{AccountSid}/Messages.json", Cost::Priced(message_price)),
-    rule("POST", "/2010-04-01/Accounts/{AccountSid}/Calls.json", Cost::Priced(call_price)),
+    rule(
+        "POST",
+        "/2010-04-01/Accounts/{AccountSid}/Messages.json",
+        Cost::Priced(message_price, "segments × the per-segment price for `To` + the failed-message fee; one MMS price for `MediaUrl`/`SendAsMms` to the US or Canada; reconciled to `price`"),
+    ),
+    rule(
+        "POST",
+        "/2010-04-01/Accounts/{AccountSid}/Calls.json",
+        Cost::Priced(call_price, "inline `Twiml` only; started minutes × the per-minute price for `To`, or as many minutes as the budget allows (at most 240) with `TimeLimit` set to them; reconciled to `price`"),
+    ),
     // Updating a message (cancel a scheduled one, redact a body) or deleting one sends nothing.
     rule("POST", "/2010-04-01/Accounts/{AccountSid}/Messages/{sid}.json", Cost::Free),
     rule("DELETE", "/2010-04-01/Accounts/{AccountSid}/Messages/{sid}.json", Cost::Free),
