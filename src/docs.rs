@@ -160,7 +160,12 @@ fn the_error_table_is_the_error_enum() {
         })
         .collect();
     for e in &every {
-        assert!(rows.contains(&(e.status(), e.kind())), "docs/contract.md has no row | {} | `{}` |", e.status(), e.kind());
+        assert!(
+            rows.contains(&(e.status(), e.kind())),
+            "docs/contract.md has no row | {} | `{}` |",
+            e.status(),
+            e.kind()
+        );
     }
     for (status, kind) in &rows {
         assert!(

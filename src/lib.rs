@@ -25,9 +25,9 @@
 //! `core` and `ledger` never import `worker` and are tested natively with `cargo test`.
 
 pub mod core;
-pub mod ledger;
 #[cfg(test)]
 mod docs;
+pub mod ledger;
 #[cfg(target_arch = "wasm32")]
 mod objects;
 #[cfg(target_arch = "wasm32")]

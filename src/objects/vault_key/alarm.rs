@@ -12,24 +12,28 @@ use crate::runtime::{js_number, upstream};
 use wasm_bindgen::JsValue;
 use worker::{console_error, Date, Method, Response, Result, SqlStorageValue};
 
-/// Rows per D1 batch; each row is three statements (its key's totals, its label's, itself).
-const FLUSH_BATCH: usize = 50;
+/// Rows per D1 batch, written with two statements for the totals.
+const FLUSH_BATCH: usize = 100;
 
 const UPSERT_ROW: &str = "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
      status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, latency_ms, \
      estimated_micros, reconciled_at_ms, count, last_ts_ms, idempotency_key_truncated) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
 
-/// Adds a row snapshot to its scope's totals, less the snapshot it replaces (if any).
+/// Adds a batch of row snapshots (given as JSON) to a scope's totals, less the snapshots they
+/// replace: one statement per scope and batch, read in the same transaction before the rows
+/// themselves are written. Every row of a batch is this key's, under its one label.
 const TOTALS_DELTA: &str = "INSERT INTO audit_totals \
      (scope, value, calls, cost_micros, settled, released, unknown, denied, replayed) \
-     SELECT ?1, ?2, ?3 - COALESCE(o.count, 0), ?4 - COALESCE(o.cost_micros, 0), \
-     (?5 = 'settled') * ?3 - COALESCE((o.outcome = 'settled') * o.count, 0), \
-     (?5 = 'released') * ?3 - COALESCE((o.outcome = 'released') * o.count, 0), \
-     (?5 = 'unknown') * ?3 - COALESCE((o.outcome = 'unknown') * o.count, 0), \
-     (?5 = 'denied') * ?3 - COALESCE((o.outcome = 'denied') * o.count, 0), \
-     (?5 = 'replayed') * ?3 - COALESCE((o.outcome = 'replayed') * o.count, 0) \
-     FROM (SELECT 1) LEFT JOIN audit AS o ON o.id = ?6 WHERE true \
+     SELECT ?1, ?2, SUM(n.count - COALESCE(o.count, 0)), SUM(n.cost - COALESCE(o.cost_micros, 0)), \
+     SUM((n.outcome = 'settled') * n.count - COALESCE((o.outcome = 'settled') * o.count, 0)), \
+     SUM((n.outcome = 'released') * n.count - COALESCE((o.outcome = 'released') * o.count, 0)), \
+     SUM((n.outcome = 'unknown') * n.count - COALESCE((o.outcome = 'unknown') * o.count, 0)), \
+     SUM((n.outcome = 'denied') * n.count - COALESCE((o.outcome = 'denied') * o.count, 0)), \
+     SUM((n.outcome = 'replayed') * n.count - COALESCE((o.outcome = 'replayed') * o.count, 0)) \
+     FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS count, \
+     json_extract(value, '$[2]') AS cost, json_extract(value, '$[3]') AS outcome FROM json_each(?3)) AS n \
+     LEFT JOIN audit AS o ON o.id = n.id WHERE true \
      ON CONFLICT (scope, value) DO UPDATE SET calls = calls + excluded.calls, \
      cost_micros = cost_micros + excluded.cost_micros, settled = settled + excluded.settled, \
      released = released + excluded.released, unknown = unknown + excluded.unknown, \
@@ -81,21 +85,21 @@ impl VaultKey {
             let Some(last) = rows.last().map(|(seq, _)| *seq) else {
                 return Ok(());
             };
-            let mut statements = Vec::with_capacity(rows.len() * 3);
+            // [id, count, cost, outcome] of each row, for the totals.
+            let deltas: Vec<(&str, u64, u64, &str)> =
+                rows.iter().map(|(_, r)| (r.id.as_str(), r.count, r.cost_micros, r.outcome.as_str())).collect();
+            let deltas = serde_json::to_string(&deltas)?;
+            let (key_id, label) = (&rows[0].1.key_id, rows[0].1.agent_run_label.as_deref());
+            let scopes = [Some(("key", key_id.as_str())), label.map(|l| ("label", l))];
+            let mut statements = Vec::with_capacity(rows.len() + 2);
+            for (scope, value) in scopes.into_iter().flatten() {
+                statements.push(db.prepare(TOTALS_DELTA).bind(&[
+                    scope.into(),
+                    value.into(),
+                    deltas.as_str().into(),
+                ])?);
+            }
             for (_, row) in &rows {
-                // The totals move by this snapshot minus the one it replaces, read in the same
-                // transaction, before the row itself is written.
-                let scopes = [Some(("key", row.key_id.as_str())), row.agent_run_label.as_deref().map(|l| ("label", l))];
-                for (scope, value) in scopes.into_iter().flatten() {
-                    statements.push(db.prepare(TOTALS_DELTA).bind(&[
-                        scope.into(),
-                        value.into(),
-                        js_number(row.count),
-                        js_number(row.cost_micros),
-                        row.outcome.as_str().into(),
-                        row.id.as_str().into(),
-                    ])?);
-                }
                 statements.push(db.prepare(UPSERT_ROW).bind(&audit_values(row))?);
             }
             db.batch(statements).await?;
