@@ -7,7 +7,7 @@
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { InngestTestEngine, mockCtx } from "@inngest/test";
-import { billingAgent, type BillingEvent } from "./billing-agent";
+import { billingAgent, inngest, type BillingEvent } from "./billing-agent";
 import { startKeybrake, ADMIN_KEY } from "../../tests/e2e/harness.mjs";
 
 type Keybrake = Awaited<ReturnType<typeof startKeybrake>>;
@@ -21,7 +21,18 @@ before(async () => {
 after(async () => {
   await kb?.close();
 });
-beforeEach(() => kb.resetVendors());
+// Inngest logs every failed step with its stack trace. The failures here are provoked on
+// purpose, so each test keeps what was logged and asserts it instead of printing it.
+let logged: string[] = [];
+inngest.logger.error = (...args: unknown[]) => {
+  const [fields, message] = args as [{ err?: Error & { type?: string } } | undefined, string | undefined];
+  // stripe-node's errors are all named Error; their class is in `type`.
+  logged.push(`${message}: ${fields?.err?.type ?? fields?.err?.name}`);
+};
+beforeEach(() => {
+  kb.resetVendors();
+  logged = [];
+});
 
 interface RunOutcome {
   attempts: number;
@@ -95,6 +106,7 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
   const label = `inngest/billing/subscription.process/${runId}`;
   assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === label), "the run label is on every row");
   assert.equal(audit.total_usd, 6);
+  assert.deepEqual(logged.sort(), ["Inngest step error: StripeAPIError", "Inngest step error: StripeRateLimitError"]);
 });
 
 test("a cap hit ends the run without retries", async () => {
@@ -112,4 +124,6 @@ test("a cap hit ends the run without retries", async () => {
     .first<{ key_id: string }>())!.key_id;
   const state = await kb.settled({ key_id: keyId });
   assert.equal(state.spent_usd * 100, charged);
+  assert.ok(logged.length > 0, "the cap hit was logged");
+  assert.ok(logged.every((line) => line === "Inngest step error: NonRetriableError"), logged.join("; "));
 });
