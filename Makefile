@@ -72,7 +72,7 @@ dev:
 	@PORT=$(PORT) ./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler fuzz/target .venv-spec
+	rm -rf build target node_modules .wrangler fuzz/target .venv-spec .tools
 
 bench: build
 	node bench/run.mjs
@@ -80,7 +80,8 @@ bench: build
 bench-smoke: build
 	node bench/run.mjs --smoke
 
-# Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz.
+# Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz
+# into .tools/cargo-fuzz.
 fuzz:
 	bash fuzz/run.sh 300
 
