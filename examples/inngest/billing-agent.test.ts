@@ -22,16 +22,30 @@ after(async () => {
   await kb?.close();
 });
 // Inngest logs every failed step with its stack trace. The failures here are provoked on
-// purpose, so each test keeps what was logged and asserts it instead of printing it.
+// purpose, so they are kept and asserted instead of printed. A step still running when its
+// attempt fails can log after its test has ended, so each test checks what it must have
+// caused, and the file checks that nothing unexpected was logged at all.
+const EXPECTED_STEP_ERRORS = new Set([
+  "Inngest step error: StripeAPIError", // the lost answer (500), and a retry while it settles (409)
+  "Inngest step error: StripeRateLimitError",
+  "Inngest step error: NonRetriableError", // the cap hit
+]);
 let logged: string[] = [];
+const loggedInFile: string[] = [];
 inngest.logger.error = (...args: unknown[]) => {
   const [fields, message] = args as [{ err?: Error & { type?: string } } | undefined, string | undefined];
   // stripe-node's errors are all named Error; their class is in `type`.
-  logged.push(`${message}: ${fields?.err?.type ?? fields?.err?.name}`);
+  const line = `${message}: ${fields?.err?.type ?? fields?.err?.name}`;
+  logged.push(line);
+  loggedInFile.push(line);
 };
 beforeEach(() => {
   kb.resetVendors();
   logged = [];
+});
+after(() => {
+  const unexpected = loggedInFile.filter((line) => !EXPECTED_STEP_ERRORS.has(line));
+  assert.deepEqual(unexpected, [], "only the provoked step errors were logged");
 });
 
 interface RunOutcome {
@@ -106,7 +120,8 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
   const label = `inngest/billing/subscription.process/${runId}`;
   assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === label), "the run label is on every row");
   assert.equal(audit.total_usd, 6);
-  assert.deepEqual(logged.sort(), ["Inngest step error: StripeAPIError", "Inngest step error: StripeRateLimitError"]);
+  assert.ok(logged.includes("Inngest step error: StripeAPIError"), "the lost answer failed a step");
+  assert.ok(logged.includes("Inngest step error: StripeRateLimitError"), "the 429 failed a step");
 });
 
 test("a cap hit ends the run without retries", async () => {
@@ -124,6 +139,5 @@ test("a cap hit ends the run without retries", async () => {
     .first<{ key_id: string }>())!.key_id;
   const state = await kb.settled({ key_id: keyId });
   assert.equal(state.spent_usd * 100, charged);
-  assert.ok(logged.length > 0, "the cap hit was logged");
-  assert.ok(logged.every((line) => line === "Inngest step error: NonRetriableError"), logged.join("; "));
+  assert.ok(logged.includes("Inngest step error: NonRetriableError"), "the cap hit ended the run");
 });
