@@ -17,6 +17,9 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 .PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke
 
+# A half-written build/index.js must not look up to date.
+.DELETE_ON_ERROR:
+
 all: build
 
 tools:
@@ -29,8 +32,16 @@ tools:
 		|| cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
-build: tools
+# Everything the wasm is compiled from, the OpenAPI document included (include_str!). When
+# none is newer than build/index.js, `make build` does nothing: `make dev` and the build
+# command wrangler runs on start and on every change stay instant.
+BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src -type f)
+
+build: tools build/index.js
+
+build/index.js: $(BUILD_INPUTS) | tools
 	worker-build --release
+	@touch $@
 
 lint: tools
 	cargo fmt --check
@@ -54,11 +65,14 @@ spec: build
 
 test: lint unit e2e examples spec bench-smoke fuzz-smoke
 
-dev: build
-	./scripts/dev.sh
+# `make dev PORT=8788` to choose another port; a PORT in the environment is ignored, since
+# shells often carry one for something else. dev.sh checks the port before building.
+PORT := 8787
+dev:
+	@PORT=$(PORT) ./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler fuzz/target .venv-spec
+	rm -rf build target node_modules .wrangler fuzz/target .venv-spec .tools
 
 bench: build
 	node bench/run.mjs
@@ -66,7 +80,8 @@ bench: build
 bench-smoke: build
 	node bench/run.mjs --smoke
 
-# Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz.
+# Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz
+# into .tools/cargo-fuzz.
 fuzz:
 	bash fuzz/run.sh 300
 

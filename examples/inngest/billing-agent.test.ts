@@ -7,7 +7,7 @@
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { InngestTestEngine, mockCtx } from "@inngest/test";
-import { billingAgent, type BillingEvent } from "./billing-agent";
+import { billingAgent, inngest, type BillingEvent } from "./billing-agent";
 import { startKeybrake, ADMIN_KEY } from "../../tests/e2e/harness.mjs";
 
 type Keybrake = Awaited<ReturnType<typeof startKeybrake>>;
@@ -21,7 +21,32 @@ before(async () => {
 after(async () => {
   await kb?.close();
 });
-beforeEach(() => kb.resetVendors());
+// Inngest logs every failed step with its stack trace. The failures here are provoked on
+// purpose, so they are kept and asserted instead of printed. A step still running when its
+// attempt fails can log after its test has ended, so each test checks what it must have
+// caused, and the file checks that nothing unexpected was logged at all.
+const EXPECTED_STEP_ERRORS = new Set([
+  "Inngest step error: StripeAPIError", // the lost answer (500), and a retry while it settles (409)
+  "Inngest step error: StripeRateLimitError",
+  "Inngest step error: NonRetriableError", // the cap hit
+]);
+let logged: string[] = [];
+const loggedInFile: string[] = [];
+inngest.logger.error = (...args: unknown[]) => {
+  const [fields, message] = args as [{ err?: Error & { type?: string } } | undefined, string | undefined];
+  // stripe-node's errors are all named Error; their class is in `type`.
+  const line = `${message}: ${fields?.err?.type ?? fields?.err?.name}`;
+  logged.push(line);
+  loggedInFile.push(line);
+};
+beforeEach(() => {
+  kb.resetVendors();
+  logged = [];
+});
+after(() => {
+  const unexpected = loggedInFile.filter((line) => !EXPECTED_STEP_ERRORS.has(line));
+  assert.deepEqual(unexpected, [], "only the provoked step errors were logged");
+});
 
 interface RunOutcome {
   attempts: number;
@@ -95,6 +120,8 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
   const label = `inngest/billing/subscription.process/${runId}`;
   assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === label), "the run label is on every row");
   assert.equal(audit.total_usd, 6);
+  assert.ok(logged.includes("Inngest step error: StripeAPIError"), "the lost answer failed a step");
+  assert.ok(logged.includes("Inngest step error: StripeRateLimitError"), "the 429 failed a step");
 });
 
 test("a cap hit ends the run without retries", async () => {
@@ -112,4 +139,5 @@ test("a cap hit ends the run without retries", async () => {
     .first<{ key_id: string }>())!.key_id;
   const state = await kb.settled({ key_id: keyId });
   assert.equal(state.spent_usd * 100, charged);
+  assert.ok(logged.includes("Inngest step error: NonRetriableError"), "the cap hit ended the run");
 });

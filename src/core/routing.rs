@@ -12,6 +12,8 @@ pub enum Route<'a> {
     RefreshKey(&'a str),
     Audit,
     OpenApi,
+    /// `GET /` and `HEAD /`: a page naming the service, for whoever opens the URL in a browser.
+    Home,
     Proxy {
         vendor: Option<Vendor>,
         path: &'a str,
@@ -30,6 +32,11 @@ pub const KNOWN_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DE
 pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
     if !KNOWN_METHODS.contains(&method) {
         return Route::UnknownMethod;
+    }
+    // No vendor API lives at its root, so `/` never needs proxying; other methods keep going to
+    // the proxy, which refuses them as before.
+    if path == "/" && (method == "GET" || method == "HEAD") {
+        return Route::Home;
     }
     if path == "/openapi.json" {
         return if method == "GET" { Route::OpenApi } else { Route::MethodNotAllowed("GET") };
@@ -81,6 +88,15 @@ mod tests {
         assert_eq!(route("POST", "/vault/keys/abc/refresh"), Route::RefreshKey("abc"));
         assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/vault/other"), Route::NotFound);
+    }
+
+    #[test]
+    fn home_is_get_and_head_on_the_root_only() {
+        assert_eq!(route("GET", "/"), Route::Home);
+        assert_eq!(route("HEAD", "/"), Route::Home);
+        assert_eq!(route("POST", "/"), Route::Proxy { vendor: None, path: "/" });
+        assert_eq!(route("GET", "//"), Route::Proxy { vendor: None, path: "//" });
+        assert_eq!(route("GET", ""), Route::Proxy { vendor: None, path: "" });
     }
 
     #[test]

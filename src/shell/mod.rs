@@ -4,6 +4,7 @@
 
 mod admin;
 mod errors;
+mod home;
 mod objects;
 mod proxy;
 mod request;
@@ -26,6 +27,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::RefreshKey(id) => admin::refresh_key(req, &env, id).await,
         Route::Audit => admin::audit(&req, &env).await,
         Route::OpenApi => openapi(),
+        Route::Home => home::answer(&req),
         Route::Proxy { vendor, path } => return proxy::forward(req, &env, &ctx, vendor, path).await,
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed(allow) => Err(ProxyError::MethodNotAllowed(allow.into())),

@@ -100,7 +100,7 @@ SCOPE=()
 # parsing source in two threads at once ("AST constructor recursion depth mismatch").
 (
   cd "$WORK"
-  PYTHONDONTWRITEBYTECODE=1 SCHEMATHESIS_HOOKS="$ROOT/$SPEC/hooks.py" exec "$VENV/bin/schemathesis" run "$([[ $LOCATION == http* ]] && echo "$LOCATION" || echo "$ROOT/$LOCATION")" \
+  PYTHONDONTWRITEBYTECODE=1 SCHEMATHESIS_HOOKS="$ROOT/$SPEC/hooks.py" exec "$VENV/bin/schemathesis" --config-file "$ROOT/$SPEC/schemathesis.toml" run "$([[ $LOCATION == http* ]] && echo "$LOCATION" || echo "$ROOT/$LOCATION")" \
     --url "$URL" \
     "${SCOPE[@]}" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
