@@ -36,7 +36,7 @@ test("a flood of 5,000 refused calls, half on a revoked key, leaves a bounded nu
   assert.deepEqual([...(await flood(2_500, 50, refused))], [[403, 2_500]]);
   assert.equal((await kb.call("DELETE", `/vault/keys/${key.key_id}`)).status, 200);
   assert.deepEqual([...(await flood(2_500, 50, refused))], [[401, 2_500]]);
-  const audit = await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 5_000);
+  const audit = await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 5_000, 30_000);
   assert.deepEqual(audit.outcomes, { settled: 0, released: 0, unknown: 0, denied: 5_000, replayed: 0 });
   assert.equal(await rowsOf(key), 101, "100 rows of their own, then one that counts the rest");
   const coalesced = (await kb.call("GET", `/vault/audit?key_id=${key.key_id}&order=desc&limit=1`)).json.calls[0];
@@ -54,7 +54,7 @@ test("a real call is still found first after 10,000 refused ones", async () => {
   assert.deepEqual([...(await flood(10_000, 100, refused))], [[422, 10_000]]);
   const stripe = await stripeClient(kb, key.vault_key);
   const real = await stripe.paymentIntents.create({ amount: 150, currency: "usd" });
-  await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 10_001 && p.outcomes.settled === 1);
+  await kb.auditUntil({ key_id: key.key_id }, (p) => p.count === 10_001 && p.outcomes.settled === 1, 30_000);
   const forwarded = await kb.call("GET", `/vault/audit?agent_run_label=${label}&decision=forwarded`);
   assert.deepEqual(forwarded.json.calls.map((c) => c.vendor_object_id), [real.id]);
   const newest = await kb.call("GET", `/vault/audit?key_id=${key.key_id}&order=desc&limit=1`);
