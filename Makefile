@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke
+.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke soak soak-smoke
 
 all: build
 
@@ -52,7 +52,7 @@ examples: build
 spec: build
 	tests/spec/run.sh
 
-test: lint unit e2e examples spec bench-smoke fuzz-smoke
+test: lint unit e2e examples spec bench-smoke fuzz-smoke soak-smoke
 
 dev: build
 	./scripts/dev.sh
@@ -72,3 +72,14 @@ fuzz:
 
 fuzz-smoke:
 	bash fuzz/run.sh 20
+
+# The randomized checker (tests/soak/): seeded concurrent charges, retries, faults, aborts,
+# revokes and expiries, judged against the vendor fake. A failure prints a shrunk op log.
+SEED ?= 1
+OPS ?= 2000
+soak: build
+	node tests/soak/soak.mjs --seed $(SEED) --ops $(OPS)
+
+# A fixed seed, sized to finish in under a minute: a CI gate.
+soak-smoke: build
+	node tests/soak/soak.mjs --seed 7 --ops 300
