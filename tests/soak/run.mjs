@@ -4,7 +4,7 @@
 import { UPSTREAM_TIMEOUT_MS } from "./instance.mjs";
 
 const CONCURRENCY = 6;
-const CLIENT_TIMEOUT_MS = 10_000; // far above anything Keybrake may take: UPSTREAM_TIMEOUT_MS
+const CLIENT_TIMEOUT_MS = 10_000; // far above UPSTREAM_TIMEOUT_MS: Keybrake answers well before
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const agentOf = (op) => `keybrake-soak/${op.id}`;
 
@@ -30,7 +30,7 @@ function behaviours(fault) {
  * Runs `ops` and returns the trace: per op, when it was sent and answered and what came back,
  * and per key, its id, expiry and when its revoke was answered.
  */
-export async function execute(kb, ops, { deadline }) {
+export async function execute(kb, ops, { deadline, inflight = new Set() }) {
   const keys = new Map(); // key n -> { n, key_id, vault_key, expiresAt, revokedAt, issued: Promise }
   const results = new Map(); // op id -> result
   const done = new Map(); // op id -> Promise of its result
@@ -40,8 +40,9 @@ export async function execute(kb, ops, { deadline }) {
     for (const b of behaviours(op.fault ?? null)) {
       if (op.fault) kb.stripe.misbehave(b, (record) => record.headers["user-agent"] === agentOf(op));
     }
+    // One controller and one timer: the op's own abort, else the client's patience.
     const controller = new AbortController();
-    const timer = op.abort === undefined ? null : setTimeout(() => controller.abort(), op.abort);
+    const timer = setTimeout(() => controller.abort(), op.abort ?? CLIENT_TIMEOUT_MS);
     const result = { op: op.id, key: op.key, idem, amount, currency, sentAt: Date.now() };
     try {
       const res = await fetch(`${kb.url}/v1/payment_intents`, {
@@ -53,7 +54,7 @@ export async function execute(kb, ops, { deadline }) {
           ...(idem ? { "idempotency-key": idem } : {}),
         },
         body: `amount=${amount}&currency=${currency}`,
-        signal: AbortSignal.any([controller.signal, AbortSignal.timeout(CLIENT_TIMEOUT_MS)]),
+        signal: controller.signal,
       });
       const text = await res.text();
       result.status = res.status;
@@ -66,6 +67,7 @@ export async function execute(kb, ops, { deadline }) {
       }
     } catch {
       result.status = null; // aborted or cut off: the client never learned the outcome
+      result.timedOut = op.abort === undefined;
     } finally {
       clearTimeout(timer);
       result.answeredAt = Date.now();
@@ -121,7 +123,9 @@ export async function execute(kb, ops, { deadline }) {
     const before = op.kind === "issue" || !issue ? null : done.get(issue.id);
     const p = (async () => {
       if (before) await before;
+      inflight.add(op.id);
       const result = await runOp(op);
+      inflight.delete(op.id);
       results.set(op.id, result);
       return result;
     })();

@@ -7,7 +7,7 @@
 // log on fresh instances (delta debugging, bounded in time) and prints the smallest log that
 // still breaks the same invariant. Exits non-zero on any violation.
 //
-//   node tests/soak/soak.mjs --seed 1 --ops 2000 [--shrink-seconds 180]
+//   node tests/soak/soak.mjs --seed 1 --ops 2000 [--shrink-seconds 60]   (per failed invariant)
 import { parseArgs } from "node:util";
 import { generate, describe } from "./ops.mjs";
 import { startInstance } from "./instance.mjs";
@@ -18,7 +18,7 @@ const { values } = parseArgs({
   options: {
     seed: { type: "string", default: process.env.SEED ?? "1" },
     ops: { type: "string", default: process.env.OPS ?? "2000" },
-    "shrink-seconds": { type: "string", default: process.env.SHRINK_SECONDS ?? "180" },
+    "shrink-seconds": { type: "string", default: process.env.SHRINK_SECONDS ?? "60" },
   },
 });
 const seed = Number(values.seed);
@@ -32,13 +32,23 @@ if (!Number.isInteger(seed) || !Number.isInteger(count) || count < 10) {
 /** Runs `ops` on a fresh instance; returns the violations (quiescence failure included). */
 async function trial(ops) {
   const kb = await startInstance();
+  const inflight = new Set();
+  let watchdog;
   try {
-    // Each op takes at most the client timeout; the whole run gets a generous bound.
-    const trace = await execute(kb, ops, { deadline: Date.now() + 60_000 + ops.length * 1_000 });
+    // Every call is bounded by the client's timeout; this bounds the run as a whole.
+    const bound = 60_000 + ops.length * 100;
+    const stuck = new Promise((_, reject) => {
+      watchdog = setTimeout(() => reject(new Error(`ops still running after ${bound / 1000} s: #${[...inflight].join(", #")}`)), bound);
+    });
+    const trace = await Promise.race([execute(kb, ops, { deadline: Date.now() + bound, inflight }), stuck]);
+    clearTimeout(watchdog);
     const final = await quiesce(kb, trace.keys);
     if (final === null) return [{ inv: 0, key: null, msg: "keys never settled within 30 s" }];
     return check(ops, trace, final, kb.stripe.requests, kb.stripe.charges);
+  } catch (e) {
+    return [{ inv: 0, key: null, msg: e.message }];
   } finally {
+    clearTimeout(watchdog);
     await kb.close();
   }
 }
@@ -109,10 +119,9 @@ console.log(`${judged.length - failedInvs.size} passed, ${failedInvs.size} faile
 if (failedInvs.size === 0) process.exit(0);
 
 console.log(`\nreproduce: make soak SEED=${seed} OPS=${count}`);
-const budget = (shrinkSeconds * 1000) / failedInvs.size;
 for (const inv of [...failedInvs].sort()) {
   const badKeys = new Set(violations.filter((v) => v.inv === inv).map((v) => v.key));
-  const { ops: small, minimal, seen } = await shrink(ops, inv, badKeys, budget);
+  const { ops: small, minimal, seen } = await shrink(ops, inv, badKeys, shrinkSeconds * 1000);
   console.log(`\ninvariant ${inv} (${INVARIANTS[inv]}): ${small.length} of ${count} ops${minimal ? "" : " (shrinking ran out of time)"}`);
   for (const op of small) console.log(`  ${describe(op)}`);
   for (const v of (seen ?? violations.filter((v) => v.inv === inv)).slice(0, 3)) {
