@@ -123,7 +123,8 @@ for (const inv of [...failedInvs].sort()) {
   const badKeys = new Set(violations.filter((v) => v.inv === inv).map((v) => v.key));
   const { ops: small, minimal, seen } = await shrink(ops, inv, badKeys, shrinkSeconds * 1000);
   console.log(`\ninvariant ${inv} (${INVARIANTS[inv]}): ${small.length} of ${count} ops${minimal ? "" : " (shrinking ran out of time)"}`);
-  for (const op of small) console.log(`  ${describe(op)}`);
+  for (const op of small.slice(0, 80)) console.log(`  ${describe(op)}`);
+  if (small.length > 80) console.log(`  … ${small.length - 80} more ops (a larger --shrink-seconds shrinks further)`);
   for (const v of (seen ?? violations.filter((v) => v.inv === inv)).slice(0, 3)) {
     console.log(`  → ${v.key === null ? "" : `k${v.key}: `}${v.msg}`);
   }
