@@ -58,6 +58,12 @@ export function generate(seed, count) {
     push({ kind: "issue", key: n, cap: r.int(2, 20), ttl: short ? r.int(3, 8) : 7200 });
     keys.push({ n, revoked: false });
   };
+  // A client that gives up mostly does so on a slow call: abort those often, while the
+  // Worker still waits for the vendor.
+  const abortMaybe = (op) => {
+    if (["hang", "slow", "quick"].includes(op.fault) && r.chance(0.3)) op.abort = r.int(20, 380);
+    else if (r.chance(0.05)) op.abort = r.int(5, 600);
+  };
   for (let i = 0; i < 3; i++) issue();
   while (ops.length < count) {
     // Keys come in over the run, so each is busy for a while and then left alone.
@@ -78,7 +84,7 @@ export function generate(seed, count) {
       if (mutate < 0.15) op.amount = of.amount + 25 * r.int(1, 8);
       else if (mutate < 0.22) op.currency = "eur";
       if (r.chance(0.15)) op.fault = r.pick(FAULTS);
-      if (r.chance(0.05)) op.abort = r.int(5, 600);
+      abortMaybe(op);
       push(op);
     } else if (live.length > 0) {
       const op = {
@@ -88,7 +94,7 @@ export function generate(seed, count) {
         idem: r.chance(0.6) ? `s${seed}-c${ops.length}` : null,
       };
       if (r.chance(0.2)) op.fault = r.pick(FAULTS);
-      if (r.chance(0.05)) op.abort = r.int(5, 600);
+      abortMaybe(op);
       charges.push(push(op).id);
     }
   }
