@@ -36,9 +36,9 @@ export const FAULTS = ["500", "drop", "reset", "hang", "429", "402", "slow", "th
  * - `retry`: the same call as op `of` under its Idempotency-Key (the client's, or the one
  *   Keybrake answered with), after `of` has ended, or at once if `concurrent`; `amount` or
  *   `currency` set means a mutated body;
- * - `revoke`: DELETE /vault/keys/{id};
- * - `pause`: lets `ms` pass before the next op starts (expiries, alarms).
- * Every op also has `gap`: ms to wait after the previous op started.
+ * - `revoke`: DELETE /vault/keys/{id}.
+ * Every op also has `at`: when it starts, in ms from the start of the run. A subset of the
+ * log keeps these times (shifted to start at 0), so shrinking keeps the ops' timing.
  */
 export function generate(seed, count) {
   const r = prng(seed);
@@ -46,9 +46,11 @@ export function generate(seed, count) {
   const keys = []; // { n, issuedAt (op index), revoked }
   const charges = []; // indices of charge ops, for retries
   const keyCount = Math.max(3, Math.ceil(count / 40));
+  let clock = 0;
   const push = (op) => {
     op.id = ops.length;
-    op.gap = op.gap ?? r.int(0, 12);
+    clock += r.int(0, 12);
+    op.at = clock;
     ops.push(op);
     return op;
   };
@@ -75,7 +77,7 @@ export function generate(seed, count) {
       k.revoked = true;
       push({ kind: "revoke", key: k.n });
     } else if (roll < 0.02) {
-      push({ kind: "pause", ms: r.int(100, 900) });
+      clock += r.int(100, 900); // a lull: expiries come, alarms run
     } else if (roll < 0.3 && charges.length > 0) {
       // Retries go to recent calls, as a client's would.
       const of = ops[charges[Math.max(0, charges.length - r.int(1, 8))]];
@@ -106,21 +108,19 @@ export function describe(op) {
   const extra = [
     op.fault && `fault=${op.fault}`,
     op.abort !== undefined && `abort-after=${op.abort}ms`,
-    op.gap ? `gap=${op.gap}ms` : null,
   ].filter(Boolean);
   const tail = extra.length ? ` ${extra.join(" ")}` : "";
+  const when = `@${op.at}ms`;
   switch (op.kind) {
     case "issue":
-      return `#${op.id} issue k${op.key} cap=$${op.cap} expires_in=${op.ttl}s${tail}`;
+      return `${when} #${op.id} issue k${op.key} cap=$${op.cap} expires_in=${op.ttl}s${tail}`;
     case "charge":
-      return `#${op.id} charge k${op.key} amount=${op.amount} ${op.idem ? `idempotency-key=${op.idem}` : "no-idempotency-key"}${tail}`;
+      return `${when} #${op.id} charge k${op.key} amount=${op.amount} ${op.idem ? `idempotency-key=${op.idem}` : "no-idempotency-key"}${tail}`;
     case "retry": {
       const body = op.amount !== undefined ? `amount=${op.amount}` : op.currency ? `currency=${op.currency}` : "same body";
-      return `#${op.id} retry #${op.of} k${op.key} ${body}${op.concurrent ? " concurrently" : ""}${tail}`;
+      return `${when} #${op.id} retry #${op.of} k${op.key} ${body}${op.concurrent ? " concurrently" : ""}${tail}`;
     }
     case "revoke":
-      return `#${op.id} revoke k${op.key}${tail}`;
-    case "pause":
-      return `#${op.id} pause ${op.ms}ms${tail}`;
+      return `${when} #${op.id} revoke k${op.key}${tail}`;
   }
 }

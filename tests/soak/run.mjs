@@ -108,15 +108,13 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
         key.revokedAt ??= Date.now();
         return { op: op.id };
       }
-      case "pause":
-        await sleep(op.ms);
-        return { op: op.id };
     }
   };
 
+  const start = Date.now() - (ops[0]?.at ?? 0);
   for (const op of ops) {
     if (Date.now() > deadline) throw new Error("the run overstayed its deadline");
-    await sleep(op.gap);
+    await sleep(start + op.at - Date.now());
     while (running.size >= CONCURRENCY) await Promise.race(running);
     // Ops on a key wait for its issue; a retry waits for its first call (inside runOp).
     const issue = ops.find((o) => o.kind === "issue" && o.key === op.key);
@@ -132,7 +130,6 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
     done.set(op.id, p);
     const tracked = p.finally(() => running.delete(tracked));
     running.add(tracked);
-    if (op.kind === "pause") await p; // a pause holds back the ops after it
   }
   await Promise.all(done.values());
   return { keys, results };
