@@ -62,9 +62,10 @@ function closure(all, chosen) {
 }
 
 /**
- * ddmin over the failing log, keyed on the invariant that failed. Starts from the ops of the
- * keys that broke it, then removes chunks while the failure stays. Interleavings differ run
- * to run, so a subset counts as failing if either of two runs fails.
+ * ddmin over the failing log, keyed on the invariant that failed. Starts from the ops of one
+ * key that broke it (the smallest of up to three that reproduces), then removes chunks while
+ * the failure stays. Interleavings differ run to run, so a subset counts as failing if either
+ * of two runs fails.
  */
 async function shrink(all, inv, badKeys, budgetMs) {
   const deadline = Date.now() + budgetMs;
@@ -77,8 +78,16 @@ async function shrink(all, inv, badKeys, budgetMs) {
     return false;
   };
   let current = all;
-  const ofKeys = closure(all, all.filter((o) => badKeys.has(o.key)));
-  if (ofKeys.length < all.length && (await fails(ofKeys))) current = ofKeys;
+  const perKey = [...badKeys]
+    .filter((k) => k !== null)
+    .map((k) => closure(all, all.filter((o) => o.key === k)))
+    .sort((a, b) => a.length - b.length);
+  for (const ofKey of perKey.slice(0, 3)) {
+    if (await fails(ofKey)) {
+      current = ofKey;
+      break;
+    }
+  }
   let parts = 2;
   while (current.length > 1 && Date.now() < deadline) {
     const size = Math.ceil(current.length / parts);
