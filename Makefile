@@ -15,7 +15,7 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke
+.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke soak soak-smoke
 
 # A half-written build/index.js must not look up to date.
 .DELETE_ON_ERROR:
@@ -63,7 +63,7 @@ examples: build
 spec: build
 	tests/spec/run.sh
 
-test: lint unit e2e examples spec bench-smoke fuzz-smoke
+test: lint unit e2e examples spec bench-smoke fuzz-smoke soak-smoke
 
 # `make dev PORT=8788` to choose another port; a PORT in the environment is ignored, since
 # shells often carry one for something else. dev.sh checks the port before building.
@@ -87,3 +87,14 @@ fuzz:
 
 fuzz-smoke:
 	bash fuzz/run.sh 20
+
+# The randomized checker (tests/soak/): seeded concurrent charges, retries, faults, aborts,
+# revokes and expiries, judged against the vendor fake. A failure prints a shrunk op log.
+SEED ?= 1
+OPS ?= 2000
+soak: build
+	node tests/soak/soak.mjs --seed $(SEED) --ops $(OPS)
+
+# A fixed seed, sized to pass in under a minute (about 20 s here): a CI gate.
+soak-smoke: build
+	node tests/soak/soak.mjs --seed 7 --ops 1500 --shrink-seconds 30

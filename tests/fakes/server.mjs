@@ -17,10 +17,13 @@ import http from "node:http";
  * - `{ delay: ms }`: acts only after `ms`, then answers. While it waits the request is
  *   "running": fakes that honour Idempotency-Key answer a concurrent retry with 409;
  * - `{ delay: ms, then: behaviour }`: waits, then applies `behaviour` ("hang", "reset", 500…).
+ *
+ * `misbehave(behaviour, when)` targets the behaviour at the next request for which
+ * `when(record)` holds, so concurrent tests can aim a fault at one call of theirs.
  */
 export async function startRecordingServer({ port = 0, handle, screen = () => false }) {
   const requests = [];
-  const queue = []; // behaviours queued by tests: each takes the next request
+  const queue = []; // { behaviour, when } queued by tests: each takes the next request it matches
   let nextRequestId = 1;
 
   const server = http.createServer((req, res) => {
@@ -42,7 +45,8 @@ export async function startRecordingServer({ port = 0, handle, screen = () => fa
       const screened = screen(record, answerNow, requests);
       requests.push(record);
       if (screened) return;
-      let behaviour = queue.shift();
+      const queued = queue.findIndex((q) => q.when(record));
+      let behaviour = queued < 0 ? undefined : queue.splice(queued, 1)[0].behaviour;
       if (behaviour === "drop") return req.socket.destroy();
       const delay = typeof behaviour === "object" && behaviour !== null ? behaviour.delay : 0;
       if (delay) behaviour = behaviour.then;
@@ -71,8 +75,8 @@ export async function startRecordingServer({ port = 0, handle, screen = () => fa
     port: address.port,
     requests,
     /** Make the next request misbehave; see the behaviours above. */
-    misbehave(behaviour) {
-      queue.push(behaviour);
+    misbehave(behaviour, when = () => true) {
+      queue.push({ behaviour, when });
     },
     clearQueue() {
       queue.length = 0;
