@@ -204,8 +204,8 @@ impl Ledger {
         self.key.config.vendor
     }
 
-    /// Whether `secret_hash` is this key's secret, for `vendor`. Checked again by `reserve`.
-    pub fn authenticates(&self, vendor: crate::core::vendor::Vendor, secret_hash: &SecretHash) -> bool {
+    /// Whether `secret_hash` is this key's secret, for `vendor`.
+    fn authenticates(&self, vendor: crate::core::vendor::Vendor, secret_hash: &SecretHash) -> bool {
         vendor == self.key.config.vendor && self.key.secret_hash.matches(secret_hash)
     }
 
@@ -703,7 +703,8 @@ impl Ledger {
             agent_run_label: config.agent_run_label.clone(),
             vendor: config.vendor.name().into(),
             method: method.into(),
-            path: path.into(),
+            // A refused path may be as long as the client made it.
+            path: crate::core::cost::truncate(path, crate::core::allowlist::MAX_PATH_LEN),
             status: None,
             decision: String::new(),
             reserved_micros: 0,

@@ -19,12 +19,6 @@ pub enum LedgerCall {
         config: KeyConfig,
         secret_hash: SecretHash,
     },
-    /// Check a presented secret, and nothing else: done before the Worker reads a body, so a
-    /// wrong secret is answered 401 whatever else is wrong with the request.
-    Authenticate {
-        vendor: Vendor,
-        secret_hash: SecretHash,
-    },
     /// Authenticate and run every check; on success hold `price` against the cap.
     Reserve(ReserveCall),
     /// Report how a reserved call ended.
@@ -57,8 +51,9 @@ pub struct ReserveCall {
     pub stripe_account: Option<String>,
     /// The request asks for `expand[]`.
     pub expand: bool,
-    /// A refusal the Worker found (a path the vendor's rules reject) that is answered only
-    /// once the key is authenticated, before every other check.
+    /// A refusal the Worker found (a path the vendor's rules reject, a body too large, a
+    /// screened header or parameter) that is answered only once the key is authenticated,
+    /// before every other check: a wrong secret gets 401 whatever else is wrong.
     pub refused: Option<ProxyError>,
 }
 
@@ -147,8 +142,6 @@ pub enum LedgerReply {
     Denied {
         error: ProxyError,
     },
-    /// The secret is the key's.
-    Authenticated,
     Finished,
     State {
         state: KeyState,

@@ -7,7 +7,6 @@ use crate::core::token::{is_key_id, SecretHash};
 use crate::core::vendor::Vendor;
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
 use crate::shell::errors::internal;
-use futures_channel::oneshot;
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -33,40 +32,14 @@ async fn call_object<M: Serialize, R: DeserializeOwned>(stub: &Stub, message: &M
     serde_json::from_str(&text).map_err(|_| ProxyError::Internal)
 }
 
-/// Secrets this isolate has seen the key's object confirm, by key id. A key's secret never
-/// changes, so a match needs no round trip and a mismatch is a wrong secret. Revocation and
-/// expiry are not cached: the object judges them on every reservation. While one call asks
-/// the object, the others for the same key wait for its answer instead of asking too: a
-/// burst on a new key costs one round trip, not one per call.
+/// Secrets this isolate has seen the key's object accept, by key id. A key's secret never
+/// changes, so a call whose secret differs from the one seen is refused at once, before its
+/// body is read. Only the object decides anything else (revocation, expiry, money); this only
+/// spares work. (Calls cannot wait on one another's round trip: the runtime cancels a request
+/// that waits on another request's I/O.)
 const MAX_KNOWN: usize = 10_000;
-enum Known {
-    Confirmed(Vendor, SecretHash),
-    Asking(Vec<oneshot::Sender<()>>),
-}
 thread_local! {
-    static KNOWN: RefCell<BTreeMap<String, Known>> = const { RefCell::new(BTreeMap::new()) };
-}
-
-/// What a call does about a key's secret.
-enum Step {
-    Judge(bool),
-    Wait(oneshot::Receiver<()>),
-    Ask(Asking),
-}
-
-/// The call asking the object on behalf of the others. If it is dropped before the answer (its
-/// client went away), the waiters are woken to ask for themselves.
-struct Asking(String);
-
-impl Drop for Asking {
-    fn drop(&mut self) {
-        KNOWN.with(|k| {
-            let mut k = k.borrow_mut();
-            if matches!(k.get(&self.0), Some(Known::Asking(_))) {
-                k.remove(&self.0); // drops the waiters' senders: they wake and ask
-            }
-        });
-    }
+    static KNOWN: RefCell<BTreeMap<String, (Vendor, SecretHash)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// A key's `VaultKey` object.
@@ -96,58 +69,21 @@ impl LedgerClient {
         Ok((key_id.clone(), LedgerClient { key_id, stub }))
     }
 
-    /// Checks a presented secret before anything else of the request is read: against what
-    /// this isolate has seen confirmed, else by asking the key's object.
-    pub async fn authenticate(&self, vendor: Vendor, secret_hash: &SecretHash) -> Result<(), ProxyError> {
-        let asking = loop {
-            let step = KNOWN.with(|k| {
-                let mut k = k.borrow_mut();
-                match k.get_mut(&self.key_id) {
-                    Some(Known::Confirmed(v, confirmed)) => Step::Judge(*v == vendor && confirmed.matches(secret_hash)),
-                    Some(Known::Asking(waiters)) => {
-                        let (tx, rx) = oneshot::channel();
-                        waiters.push(tx);
-                        Step::Wait(rx)
-                    }
-                    None => {
-                        if k.len() >= MAX_KNOWN {
-                            k.clear();
-                        }
-                        k.insert(self.key_id.clone(), Known::Asking(Vec::new()));
-                        Step::Ask(Asking(self.key_id.clone()))
-                    }
-                }
-            });
-            match step {
-                Step::Judge(true) => return Ok(()),
-                Step::Judge(false) => return Err(ProxyError::InvalidKey),
-                // Then look again: confirmed, or this call asks in turn.
-                Step::Wait(answered) => drop(answered.await),
-                Step::Ask(asking) => break asking,
-            }
-        };
-        let reply = self.call(&LedgerCall::Authenticate { vendor, secret_hash: secret_hash.clone() }).await;
-        let waiters = KNOWN.with(|k| {
+    /// Whether the presented secret is the one this isolate has seen the object accept:
+    /// `Some(false)` is a wrong secret; `None` means only the object can tell.
+    pub fn known_secret(&self, vendor: Vendor, secret_hash: &SecretHash) -> Option<bool> {
+        KNOWN.with(|k| k.borrow().get(&self.key_id).map(|(v, known)| *v == vendor && known.matches(secret_hash)))
+    }
+
+    /// Remembers a secret the object has just accepted.
+    pub fn accepted(&self, vendor: Vendor, secret_hash: &SecretHash) {
+        KNOWN.with(|k| {
             let mut k = k.borrow_mut();
-            let before = k.remove(&self.key_id);
-            if matches!(reply, Ok(LedgerReply::Authenticated)) {
-                k.insert(self.key_id.clone(), Known::Confirmed(vendor, secret_hash.clone()));
+            if k.len() >= MAX_KNOWN {
+                k.clear();
             }
-            match before {
-                Some(Known::Asking(waiters)) => waiters,
-                _ => Vec::new(),
-            }
+            k.insert(self.key_id.clone(), (vendor, secret_hash.clone()));
         });
-        drop(asking);
-        for waiter in waiters {
-            let _ = waiter.send(());
-        }
-        match reply? {
-            LedgerReply::Authenticated => Ok(()),
-            LedgerReply::Denied { error } => Err(error),
-            LedgerReply::NotFound => Err(ProxyError::InvalidKey),
-            _ => Err(ProxyError::Internal),
-        }
     }
 
     pub async fn call(&self, call: &LedgerCall) -> Result<LedgerReply, ProxyError> {

@@ -82,14 +82,23 @@ async fn proxy(
     token: Option<VaultToken<'_>>,
     known: &mut Vec<(&'static str, String)>,
 ) -> std::result::Result<Response, ProxyError> {
-    // Authenticate first: a well-formed token naming an object the runtime minted, then its
-    // secret. Nothing is created for a token that fails, nothing of the request is read or
-    // judged before, and a wrong secret gets the same 401 whatever else is wrong.
+    // Authenticate: a well-formed token naming an object the runtime minted. A secret this
+    // isolate knows to be wrong is refused before anything is read. Otherwise the object
+    // checks the secret first thing in the reservation, before any refusal found in the
+    // request: a wrong secret gets the same 401 whatever else is wrong, and writes nothing.
     let token = token.ok_or(ProxyError::InvalidKey)?;
     let ledger = LedgerClient::existing(env, token.key_id).ok_or(ProxyError::InvalidKey)?;
-    ledger.authenticate(token.vendor, &token.secret_hash()).await?;
+    let secret_hash = token.secret_hash();
+    if ledger.known_secret(token.vendor, &secret_hash) == Some(false) {
+        return Err(ProxyError::InvalidKey);
+    }
     let (call, reserve) = read(req, env, route_vendor, path, &token).await?;
-    let granted = reserve_in(&ledger, reserve).await?;
+    let granted = reserve_in(&ledger, reserve).await;
+    // The object answered past its secret check: anything but a refused key or a failed call.
+    if !matches!(granted, Err(ProxyError::InvalidKey | ProxyError::Internal)) {
+        ledger.accepted(token.vendor, &secret_hash);
+    }
+    let granted = granted?;
     known.push(("x-keybrake-key-id", call.key_id.clone()));
     if let Some(key) = &granted.idempotency_key {
         known.push(("x-keybrake-idempotency-key", key.clone()));
@@ -124,19 +133,32 @@ async fn read(
 ) -> std::result::Result<(Call, ReserveCall), ProxyError> {
     let vendor = token.vendor;
     let spec = vendor.spec();
-    check_canonical_path(path).map_err(|e| ProxyError::InvalidRequest(e.into()))?;
     let vars = |name: &str| env_value(env, name);
-    let (path, refused) = match (route_vendor, (spec.upstream_path)(path, &vars)) {
-        (Some(v), _) if v != vendor => (path.to_string(), Some(ProxyError::EndpointNotAllowed)),
-        (_, Ok(upstream)) => (upstream, None),
-        (_, Err(error)) => (path.to_string(), Some(error)),
+    // The first refusal found here wins; the key's object answers it after the secret.
+    let mut refused = check_canonical_path(path).err().map(|e| ProxyError::InvalidRequest(e.into()));
+    let path = match (route_vendor, (spec.upstream_path)(path, &vars)) {
+        _ if refused.is_some() => path.to_string(),
+        (Some(v), _) if v != vendor => {
+            refused = Some(ProxyError::EndpointNotAllowed);
+            path.to_string()
+        }
+        (_, Ok(upstream)) => upstream,
+        (_, Err(error)) => {
+            refused = Some(error);
+            path.to_string()
+        }
     };
 
     let method = req.method();
+    // Bounded as it streams in: a chunked body stops at the limit, unread past it.
     let body = match method {
-        Method::Get | Method::Head => Vec::new(),
-        _ => read_body(&mut req, settings(env).max_body_bytes).await?,
+        Method::Get | Method::Head => Ok(Vec::new()),
+        _ => read_body(&mut req, settings(env).max_body_bytes).await,
     };
+    let body = body.unwrap_or_else(|e| {
+        refused.get_or_insert(e);
+        Vec::new()
+    });
     let content_type = req.headers().get("content-type").ok().flatten();
     let url = req.inner().url();
     let raw_query = url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
@@ -149,9 +171,16 @@ async fn read(
         query: raw_query,
         content_type: content_type.as_deref(),
         body: &body,
-    })?;
+    })
+    .unwrap_or_else(|e| {
+        refused.get_or_insert(e);
+        Default::default()
+    });
     let stripe_account = match vendor {
-        Vendor::Stripe => connected_account(req.headers())?,
+        Vendor::Stripe => connected_account(req.headers()).unwrap_or_else(|e| {
+            refused.get_or_insert(e);
+            None
+        }),
         _ => None,
     };
     let price = match refused {

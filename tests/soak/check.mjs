@@ -42,16 +42,24 @@ export async function quiesce(kb, keys) {
     const quiet = Date.now() - Math.max(since, lastVendorAt) >= QUIET_MS;
     if (!pending && !fakeBusy && (!held || quiet)) {
       const audits = new Map();
-      for (const [n, key] of keys) {
-        const res = await kb.admin("GET", `/vault/audit?key_id=${key.key_id}&limit=10000`);
-        audits.set(n, res.json);
-      }
+      for (const [n, key] of keys) audits.set(n, await auditOf(kb, key));
       const again = await readStates(kb, keys);
       if (JSON.stringify([...again.values()]) === JSON.stringify([...states.values()])) return { states, audits };
     }
     await sleep(100);
   }
   return null;
+}
+
+/** A key's whole audit: its totals, and every row, page by page. */
+async function auditOf(kb, key) {
+  let page = (await kb.admin("GET", `/vault/audit?key_id=${key.key_id}&limit=1000`)).json;
+  const calls = [...page.calls];
+  while (page.has_more) {
+    page = (await kb.admin("GET", `/vault/audit?key_id=${key.key_id}&limit=1000&starting_after=${calls.at(-1).id}`)).json;
+    calls.push(...page.calls);
+  }
+  return { ...page, calls };
 }
 
 async function readStates(kb, keys) {
@@ -134,17 +142,19 @@ export function check(ops, trace, final, requests, charges) {
       });
     }
 
-    // 4. One row per call that authenticated. Every answered call did (all carry a valid
-    //    token and a canonical request); an aborted one did if it reached the vendor, and may
-    //    have if it did not.
+    // 4. One audited call per call that authenticated: `count` sums rows, a coalesced row of
+    //    refusals counting all it stands for. Every answered call authenticated (all carry a
+    //    valid token and a canonical request); an aborted one did if it reached the vendor,
+    //    and may have if it did not.
     const answered = mine.filter((o) => results.get(o.id).status !== null).length;
     const abortedForwarded = mine.filter((o) => results.get(o.id).status === null && byOp.has(o.id)).length;
     const abortedOther = mine.filter((o) => results.get(o.id).status === null && !byOp.has(o.id)).length;
     const must = answered + abortedForwarded;
     if (audit.count < must || audit.count > must + abortedOther) {
-      fail(4, n, `${audit.count} audit rows for ${must} authenticated calls${abortedOther ? ` (+ up to ${abortedOther} aborted before the vendor)` : ""}`);
+      fail(4, n, `${audit.count} audited calls for ${must} authenticated calls${abortedOther ? ` (+ up to ${abortedOther} aborted before the vendor)` : ""}`);
     }
     if (new Set(audit.calls.map((c) => c.id)).size !== audit.calls.length) fail(4, n, "an audit row id appears twice");
+    if (audit.calls.reduce((sum, c) => sum + c.count, 0) !== audit.count) fail(4, n, "the rows' counts do not add up to the totals");
     if (micros(audit.total_usd) !== spent && days.size <= 1) {
       fail(4, n, `audit total_usd $${audit.total_usd} != spent $${state.spent_usd}`);
     }

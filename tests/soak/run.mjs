@@ -44,8 +44,13 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), op.abort ?? CLIENT_TIMEOUT_MS);
     const result = { op: op.id, key: op.key, idem, amount, currency, sentAt: Date.now() };
+    // Node's fetch can leave a promise unsettled when it is aborted mid-exchange: the abort
+    // itself ends the call for the client, whatever fetch does afterwards.
+    const aborted = new Promise((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(new Error("aborted")), { once: true }),
+    );
     try {
-      const res = await fetch(`${kb.url}/v1/payment_intents`, {
+      const exchange = fetch(`${kb.url}/v1/payment_intents`, {
         method: "POST",
         headers: {
           authorization: `Bearer ${key.vault_key}`,
@@ -55,8 +60,9 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
         },
         body: `amount=${amount}&currency=${currency}`,
         signal: controller.signal,
-      });
-      const text = await res.text();
+      }).then(async (res) => ({ res, text: await res.text() }));
+      exchange.catch(() => {});
+      const { res, text } = await Promise.race([exchange, aborted]);
       result.status = res.status;
       result.error = res.headers.get("x-keybrake-error");
       result.kbIdem = res.headers.get("x-keybrake-idempotency-key");
