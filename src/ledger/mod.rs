@@ -205,7 +205,7 @@ impl Ledger {
     }
 
     /// Whether `secret_hash` is this key's secret, for `vendor`.
-    fn authenticates(&self, vendor: crate::core::vendor::Vendor, secret_hash: &SecretHash) -> bool {
+    pub fn authenticates(&self, vendor: crate::core::vendor::Vendor, secret_hash: &SecretHash) -> bool {
         vendor == self.key.config.vendor && self.key.secret_hash.matches(secret_hash)
     }
 

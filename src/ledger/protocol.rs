@@ -19,6 +19,12 @@ pub enum LedgerCall {
         config: KeyConfig,
         secret_hash: SecretHash,
     },
+    /// Check a presented secret, and nothing else: asked before the Worker reads a body of
+    /// unknown or large size, so that nothing big is read for a wrong secret.
+    Authenticate {
+        vendor: Vendor,
+        secret_hash: SecretHash,
+    },
     /// Authenticate and run every check; on success hold `price` against the cap.
     Reserve(ReserveCall),
     /// Report how a reserved call ended.
@@ -142,6 +148,8 @@ pub enum LedgerReply {
     Denied {
         error: ProxyError,
     },
+    /// The secret is the key's.
+    Authenticated,
     Finished,
     State {
         state: KeyState,

@@ -75,6 +75,19 @@ impl LedgerClient {
         KNOWN.with(|k| k.borrow().get(&self.key_id).map(|(v, known)| *v == vendor && known.matches(secret_hash)))
     }
 
+    /// Asks the object whether the secret is the key's, and remembers it if so.
+    pub async fn authenticate(&self, vendor: Vendor, secret_hash: &SecretHash) -> Result<(), ProxyError> {
+        match self.call(&LedgerCall::Authenticate { vendor, secret_hash: secret_hash.clone() }).await? {
+            LedgerReply::Authenticated => {
+                self.accepted(vendor, secret_hash);
+                Ok(())
+            }
+            LedgerReply::Denied { error } => Err(error),
+            LedgerReply::NotFound => Err(ProxyError::InvalidKey),
+            _ => Err(ProxyError::Internal),
+        }
+    }
+
     /// Remembers a secret the object has just accepted.
     pub fn accepted(&self, vendor: Vendor, secret_hash: &SecretHash) {
         KNOWN.with(|k| {

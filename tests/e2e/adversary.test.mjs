@@ -231,12 +231,19 @@ test("Twilio through an API key: the account stays pinned, and the account resou
     const message = await client.messages.create({ to: "+14155550100", from: "+15005550006", body: "hi" });
     assert.match(message.sid, /^SM/);
     const seen = apiKeyed.twilio.requests.at(-1);
+    const keyed = await apiKeyed.call("POST", "/twilio/2010-04-01/Accounts/AC1/Messages.json", {
+      token: key.vault_key,
+      body: "To=%2B14155550100&From=%2B15005550006&Body=hi",
+      headers: { "content-type": "application/x-www-form-urlencoded", "idempotency-key": "client-key-1" },
+    });
+    assert.equal(keyed.status, 201, keyed.text);
+    assert.equal(apiKeyed.twilio.requests.at(-1).headers["idempotency-key"], undefined, "Twilio's allowlist has no Idempotency-Key");
     const [user] = Buffer.from(seen.headers.authorization.slice(6), "base64").toString().split(":");
     assert.equal(user, TWILIO_API_KEY_SID, "authenticated with the API key");
     assert.equal(seen.path, `/2010-04-01/Accounts/${TWILIO_ACCOUNT_SID}/Messages.json`, "on the pinned account");
     const account = await apiKeyed.call("GET", `/twilio/2010-04-01/Accounts/${TWILIO_ACCOUNT_SID}.json`, { token: key.vault_key });
     assert.equal(account.status, 403, account.text);
-    assert.equal(apiKeyed.twilio.requests.length, 1, "the account resource, with its auth token, was never fetched");
+    assert.equal(apiKeyed.twilio.requests.length, 2, "the account resource, with its auth token, was never fetched");
   } finally {
     await apiKeyed.close();
   }

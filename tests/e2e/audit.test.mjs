@@ -120,6 +120,28 @@ test("a wrong secret gets the same 401 whatever else is wrong with the request",
   assert.equal(await rowsOf(key), 0, "a failed authentication writes nothing");
 });
 
+test("a chunked body is read only once the secret is verified", async () => {
+  const key = await kb.issueKey({ daily_usd_cap: 5 });
+  const wrong = key.vault_key.slice(0, -1) + (key.vault_key.endsWith("A") ? "B" : "A");
+  const socket = net.connect(kb.port, "127.0.0.1");
+  socket.on("error", () => {});
+  const answer = new Promise((resolve) => {
+    let text = "";
+    socket.on("data", (d) => {
+      text += d.toString("latin1");
+      if (text.includes("\r\n\r\n")) resolve(text);
+    });
+  });
+  // The headers and one chunk, then nothing: the answer must not wait for the rest.
+  socket.write(
+    `POST /v1/payment_intents HTTP/1.1\r\nHost: 127.0.0.1:${kb.port}\r\nAuthorization: Bearer ${wrong}\r\n` +
+      "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n5\r\namoun\r\n",
+  );
+  const head = await Promise.race([answer, new Promise((r) => setTimeout(() => r("no answer within 5 s"), 5_000))]);
+  socket.destroy();
+  assert.match(head, /^HTTP\/1\.1 401/, head.slice(0, 200));
+});
+
 test("a 50 MB chunked body is answered 413 without being read whole", async () => {
   const key = await kb.issueKey({ daily_usd_cap: 5 });
   const total = 50 * 1024 * 1024;

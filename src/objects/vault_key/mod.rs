@@ -6,6 +6,7 @@
 mod alarm;
 mod store;
 
+use crate::core::error::ProxyError;
 use crate::core::keys::KeyState;
 use crate::core::settings::Settings;
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
@@ -108,6 +109,10 @@ impl VaultKey {
         };
         Ok(match call {
             LedgerCall::Create { .. } => return Err("vault key object already holds a key".into()), // matched above
+            LedgerCall::Authenticate { vendor, secret_hash } => match ledger.authenticates(vendor, &secret_hash) {
+                true => LedgerReply::Authenticated,
+                false => LedgerReply::Denied { error: ProxyError::InvalidKey },
+            },
             LedgerCall::Reserve(reserve) => match ledger.reserve(store, now, reserve)? {
                 Ok(admitted) => LedgerReply::Reserved {
                     reservation_id: admitted.reservation.id,
