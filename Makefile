@@ -15,7 +15,8 @@ export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke soak soak-smoke
+.PHONY: all tools build lint unit e2e examples spec test dev clean bench bench-smoke fuzz fuzz-smoke soak soak-smoke \
+	beside-fuzz spec-then-bench-smoke
 
 # A half-written build/index.js must not look up to date.
 .DELETE_ON_ERROR:
@@ -63,7 +64,16 @@ examples: build
 spec: build
 	tests/spec/run.sh
 
-test: lint unit e2e examples spec bench-smoke fuzz-smoke soak-smoke
+test: lint unit e2e examples beside-fuzz soak-smoke
+
+# The fuzzer is one busy core for 20 s and judges no time: it runs beside the schemathesis run
+# and the bench smoke, which judge no speed either, never beside the timing-sensitive steps.
+beside-fuzz: build
+	@$(MAKE) --no-print-directory -j2 spec-then-bench-smoke fuzz-smoke
+
+spec-then-bench-smoke:
+	@$(MAKE) --no-print-directory spec
+	@$(MAKE) --no-print-directory bench-smoke
 
 # `make dev PORT=8788` to choose another port; a PORT in the environment is ignored, since
 # shells often carry one for something else. dev.sh checks the port before building.

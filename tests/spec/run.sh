@@ -6,7 +6,7 @@
 # Needs `npm ci` and a built Worker in build/. Installs schemathesis (tests/spec/requirements.txt)
 # into .venv-spec/ the first time. Exits with schemathesis' exit code.
 #
-#   SPEC_MAX_EXAMPLES  test cases per operation and phase (default 40)
+#   SPEC_MAX_EXAMPLES  test cases per operation and phase (default 25; 100 for a deeper run)
 #   SPEC_SEED          the generation seed (default 20261128; any integer reproduces a run)
 #   SPEC_SCOPE         `admin` for the admin API and GET /openapi.json only (default: all)
 #   SPEC_VENV          where the virtualenv lives (default .venv-spec)
@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 SPEC=tests/spec
 VENV=${SPEC_VENV:-$ROOT/.venv-spec}
-MAX_EXAMPLES=${SPEC_MAX_EXAMPLES:-40}
+MAX_EXAMPLES=${SPEC_MAX_EXAMPLES:-25}
 SEED=${SPEC_SEED:-20261128}
 STARTED=$(date +%s)
 
