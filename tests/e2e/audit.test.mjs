@@ -26,6 +26,28 @@ async function flood(n, width, send) {
   return statuses;
 }
 
+/**
+ * Opens a raw connection and sends the head of a chunked POST with `token`. Returns the socket
+ * and a promise of the answer's head (what came back by the time the connection closed).
+ */
+function chunkedPost(token) {
+  const socket = net.connect(kb.port, "127.0.0.1");
+  socket.on("error", () => {});
+  const answer = new Promise((resolve) => {
+    let text = "";
+    socket.on("data", (d) => {
+      text += d.toString("latin1");
+      if (text.includes("\r\n\r\n")) resolve(text);
+    });
+    socket.on("close", () => resolve(text));
+  });
+  socket.write(
+    `POST /v1/payment_intents HTTP/1.1\r\nHost: 127.0.0.1:${kb.port}\r\nAuthorization: Bearer ${token}\r\n` +
+      "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n",
+  );
+  return { socket, answer };
+}
+
 const rowsOf = async (key) =>
   (await kb.db.prepare("SELECT COUNT(*) AS n FROM audit WHERE key_id = ?").bind(key.key_id).first()).n;
 
@@ -123,20 +145,9 @@ test("a wrong secret gets the same 401 whatever else is wrong with the request",
 test("a chunked body is read only once the secret is verified", async () => {
   const key = await kb.issueKey({ daily_usd_cap: 5 });
   const wrong = key.vault_key.slice(0, -1) + (key.vault_key.endsWith("A") ? "B" : "A");
-  const socket = net.connect(kb.port, "127.0.0.1");
-  socket.on("error", () => {});
-  const answer = new Promise((resolve) => {
-    let text = "";
-    socket.on("data", (d) => {
-      text += d.toString("latin1");
-      if (text.includes("\r\n\r\n")) resolve(text);
-    });
-  });
-  // The headers and one chunk, then nothing: the answer must not wait for the rest.
-  socket.write(
-    `POST /v1/payment_intents HTTP/1.1\r\nHost: 127.0.0.1:${kb.port}\r\nAuthorization: Bearer ${wrong}\r\n` +
-      "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n5\r\namoun\r\n",
-  );
+  const { socket, answer } = chunkedPost(wrong);
+  // One chunk, then nothing: the answer must not wait for the rest.
+  socket.write("5\r\namoun\r\n");
   const head = await Promise.race([answer, new Promise((r) => setTimeout(() => r("no answer within 5 s"), 5_000))]);
   socket.destroy();
   assert.match(head, /^HTTP\/1\.1 401/, head.slice(0, 200));
@@ -146,20 +157,7 @@ test("a 50 MB chunked body is answered 413 without being read whole", async () =
   const key = await kb.issueKey({ daily_usd_cap: 5 });
   const total = 50 * 1024 * 1024;
   const chunk = Buffer.alloc(64 * 1024, "a");
-  const socket = net.connect(kb.port, "127.0.0.1");
-  socket.on("error", () => {});
-  const answer = new Promise((resolve) => {
-    let text = "";
-    socket.on("data", (d) => {
-      text += d.toString("latin1");
-      if (text.includes("\r\n\r\n")) resolve(text);
-    });
-    socket.on("close", () => resolve(text));
-  });
-  socket.write(
-    `POST /v1/payment_intents HTTP/1.1\r\nHost: 127.0.0.1:${kb.port}\r\nAuthorization: Bearer ${key.vault_key}\r\n` +
-      "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n",
-  );
+  const { socket, answer } = chunkedPost(key.vault_key);
   let sent = 0;
   let answered = false;
   answer.then(() => (answered = true));
