@@ -282,69 +282,52 @@ function growthFigures(points) {
   return { points, ratio_p50: round(last.p50 / first.p50, 2), ratio_p90: round(last.p90 / first.p90, 2) };
 }
 
-/** 4a. GET /vault/audit for one 100-row label as the audit table grows. */
-export async function auditQueryGrowth(ctx) {
+/**
+ * GET `path` timed at each size `seed(size)` grows D1 to; `expect(page, size)` judges every
+ * answer, and `what(size)` names the check and the point.
+ */
+async function auditGrowth(ctx, { sizes, seed, path, expect, what }) {
   const { cfg, checks } = ctx;
   const deadline = ctx.deadline(cfg.budgets.auditGrowth);
   const agent = keepAliveAgent(1);
-  const path = `/vault/audit?agent_run_label=${encodeURIComponent(auditLabel(0))}`;
   const points = [];
-  for (const size of cfg.growth.auditRows) {
-    const rows = await seedAuditTo(ctx.db, size, { deadline });
+  for (const size of sizes) {
+    const rows = await seed(size, deadline);
     const { times, bad } = await timeSamples({
       ...cfg.growth,
       deadline,
       sample: () => timedRequest(ctx.url, { agent, path, headers: ctx.adminHeaders }),
-      expect: (res) => {
-        if (res.status !== 200) return false;
-        const page = JSON.parse(res.body);
-        return page.count === ROWS_PER_LABEL && page.calls.length === ROWS_PER_LABEL;
-      },
+      expect: (res) => res.status === 200 && expect(JSON.parse(res.body), size),
     });
-    checks.check(
-      `growth: audit query at ${rows} rows returned the label's ${ROWS_PER_LABEL} rows every time`,
-      bad.length === 0 && rows === size,
-      bad[0] ?? `${rows} rows in D1`,
-    );
-    points.push(point(`${rows.toLocaleString("en-US")} rows in D1`, rows, times));
+    checks.check(`growth: ${what(rows)}: every answer as expected`, bad.length === 0 && rows === size, bad[0] ?? `${rows}`);
+    points.push(point(what(rows), rows, times));
   }
   agent.destroy();
   return growthFigures(points);
 }
 
+/** 4a. GET /vault/audit for one 100-row label as the audit table grows. */
+export const auditQueryGrowth = (ctx) =>
+  auditGrowth(ctx, {
+    sizes: ctx.cfg.growth.auditRows,
+    seed: (size, deadline) => seedAuditTo(ctx.db, size, { deadline }),
+    path: `/vault/audit?agent_run_label=${encodeURIComponent(auditLabel(0))}`,
+    expect: (page) => page.count === ROWS_PER_LABEL && page.calls.length === ROWS_PER_LABEL,
+    what: (rows) => `${rows.toLocaleString("en-US")} rows in D1`,
+  });
+
 /**
  * 4a'. The summary of one label (count, total, outcomes) and its newest row, as the label itself
  * grows: read from running totals and one index range, it should not grow with the label.
  */
-export async function auditSummaryGrowth(ctx) {
-  const { cfg, checks } = ctx;
-  const deadline = ctx.deadline(cfg.budgets.auditGrowth);
-  const agent = keepAliveAgent(1);
-  const label = "bench/audit/summary";
-  const path = `/vault/audit?agent_run_label=${encodeURIComponent(label)}&order=desc&limit=1`;
-  const points = [];
-  for (const size of cfg.growth.labelRows) {
-    const rows = await seedLabelTo(ctx.db, label, size, { deadline });
-    const { times, bad } = await timeSamples({
-      ...cfg.growth,
-      deadline,
-      sample: () => timedRequest(ctx.url, { agent, path, headers: ctx.adminHeaders }),
-      expect: (res) => {
-        if (res.status !== 200) return false;
-        const page = JSON.parse(res.body);
-        return page.count === size && page.outcomes.settled === size && page.calls.length === 1 && page.has_more;
-      },
-    });
-    checks.check(
-      `growth: the summary of a ${rows}-call label counted every call`,
-      bad.length === 0 && rows === size,
-      bad[0] ?? `${rows} calls in its totals`,
-    );
-    points.push(point(`${rows.toLocaleString("en-US")} calls in the label`, rows, times));
-  }
-  agent.destroy();
-  return growthFigures(points);
-}
+export const auditSummaryGrowth = (ctx) =>
+  auditGrowth(ctx, {
+    sizes: ctx.cfg.growth.labelRows,
+    seed: (size, deadline) => seedLabelTo(ctx.db, "bench/audit/summary", size, { deadline }),
+    path: `/vault/audit?agent_run_label=${encodeURIComponent("bench/audit/summary")}&order=desc&limit=1`,
+    expect: (page, size) => page.count === size && page.outcomes.settled === size && page.calls.length === 1 && page.has_more,
+    what: (rows) => `${rows.toLocaleString("en-US")} calls in the label`,
+  });
 
 /**
  * 4d. A flood of refused calls on one key: the D1 rows it leaves after a tenth of the flood
