@@ -98,7 +98,7 @@ async fn proxy(
         None if !small_body(&req) => ledger.authenticate(token.vendor, &secret_hash).await?,
         None => {}
     }
-    let (call, reserve) = read(req, env, route_vendor, path, &token).await?;
+    let (call, reserve) = read(req, env, route_vendor, path, &token).await;
     let granted = reserve_in(&ledger, reserve).await;
     // The object answered past its secret check: anything but a refused key or a failed call.
     if !matches!(granted, Err(ProxyError::InvalidKey | ProxyError::Internal)) {
@@ -127,16 +127,16 @@ async fn proxy(
     respond(answer, spec, known, remaining)
 }
 
-/// Reads and screens the request, applies the vendor's path rules, and prices it. Refusals
-/// found here that depend on the path are judged by the key's object after it has checked the
-/// secret, so a wrong token gets 401 whatever path it tried.
+/// Reads and screens the request, applies the vendor's path rules, prices and fingerprints it.
+/// Nothing here answers: the first refusal found rides in the reservation, and the key's object
+/// answers it only after checking the secret, so a wrong token gets 401 whatever it sent.
 async fn read(
     mut req: Request,
     env: &Env,
     route_vendor: Option<Vendor>,
     path: &str,
     token: &VaultToken<'_>,
-) -> std::result::Result<(Call, ReserveCall), ProxyError> {
+) -> (Call, ReserveCall) {
     let vendor = token.vendor;
     let spec = vendor.spec();
     let vars = |name: &str| env_value(env, name);
@@ -231,7 +231,7 @@ async fn read(
         query,
         body,
     };
-    Ok((call, reserve))
+    (call, reserve)
 }
 
 /// Bodies up to this many declared bytes are read before the secret is verified.
