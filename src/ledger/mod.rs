@@ -239,9 +239,9 @@ impl Ledger {
                 Some(seen) if seen.state == KeyUse::InFlight => Err(ProxyError::IdempotencyInFlight),
                 // The money moved the first time: the vendor replays its answer, nothing new is
                 // held. The price is still checked, as for any call.
-                Some(seen) if seen.state == KeyUse::Settled => match call.price.clone() {
+                Some(seen) if seen.state == KeyUse::Settled => match &call.price {
                     Ok(_) => Ok(self.admit_replay(seq, now_ms, &call, seen)),
-                    Err(error) => Err(error),
+                    Err(error) => Err(error.clone()),
                 },
                 Some(seen) if seen.state == KeyUse::Unknown && self.open.contains_key(&seen.reservation_id) => {
                     self.admit_retry_of_unknown(store, now_ms, &call, seen)?

@@ -41,7 +41,7 @@ pub async fn send(
     method: Method,
     path_and_query: &str,
     headers: &[(String, String)],
-    body: Option<Vec<u8>>,
+    body: &[u8],
     timeout_ms: u64,
 ) -> Result<VendorResponse, Unanswered> {
     let origin = super::env_value(env, spec.origin_var).unwrap_or_else(|| spec.default_origin.to_string());
@@ -60,8 +60,8 @@ pub async fn send(
 
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(outgoing).with_redirect(RequestRedirect::Manual);
-    if let Some(body) = body.filter(|b| !b.is_empty()) {
-        init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_slice()).into()));
+    if !body.is_empty() {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(body).into()));
     }
     let request = Request::new_with_init(&url, &init).map_err(|_| Unanswered::NotSent)?;
 

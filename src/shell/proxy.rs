@@ -311,7 +311,7 @@ async fn forward_and_settle(
             call.method.clone(),
             &path_and_query,
             &headers,
-            Some(call.body.clone()),
+            &call.body,
             settings(&env).upstream_timeout_ms,
         )
         .await;

@@ -119,7 +119,7 @@ impl VaultKey {
         let first_backoff = self.settings().alarm_backoff_ms;
         for rec in due {
             let answer =
-                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, &[], None, ALARM_CALL_TIMEOUT_MS)
+                upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, &[], &[], ALARM_CALL_TIMEOUT_MS)
                     .await;
             let poll = match &answer {
                 Ok(a) if (200..300).contains(&a.status) => (reconciler.read_price)(&a.body),
@@ -159,7 +159,7 @@ impl VaultKey {
                 Method::Post,
                 &replay.path_and_query,
                 &replay.headers,
-                Some(replay.body.clone().into_bytes()),
+                replay.body.as_bytes(),
                 ALARM_CALL_TIMEOUT_MS,
             )
             .await;
