@@ -105,7 +105,8 @@ fn the_error_table_is_the_error_enum() {
         ProxyError::CostUnknown(String::new()),
         ProxyError::CurrencyNotAllowed,
         ProxyError::PerCallLimit,
-        ProxyError::CapExhausted { retry_after_secs: 0 },
+        ProxyError::key_cap(0),
+        ProxyError::BudgetExhausted { retry_after_secs: 0 },
         ProxyError::InvalidRequest(String::new()),
         ProxyError::UnsupportedMediaType(String::new()),
         ProxyError::NotFound,
@@ -135,6 +136,7 @@ fn the_error_table_is_the_error_enum() {
             | ProxyError::CurrencyNotAllowed
             | ProxyError::PerCallLimit
             | ProxyError::CapExhausted { .. }
+            | ProxyError::BudgetExhausted { .. }
             | ProxyError::InvalidRequest(_)
             | ProxyError::UnsupportedMediaType(_)
             | ProxyError::NotFound

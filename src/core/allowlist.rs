@@ -102,9 +102,40 @@ pub fn allows<S: AsRef<str>>(allowed: &[S], method: &str, path: &str) -> bool {
     })
 }
 
+/// Does the entry `outer` admit every call `inner` admits? Same method and segment count;
+/// each segment of `outer` is a `{param}` or the same literal (an `inner` `{param}` needs an
+/// `outer` `{param}`). Used to check that a delegated allowlist only narrows.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let (Some((om, ot)), Some((im, it))) = (outer.split_once(' '), inner.split_once(' ')) else {
+        return false;
+    };
+    let is_param = |s: &str| s.starts_with('{') && s.ends_with('}');
+    let (os, is): (Vec<&str>, Vec<&str>) = (ot.split('/').collect(), it.split('/').collect());
+    om == im && os.len() == is.len() && os.iter().zip(&is).all(|(o, i)| is_param(o) || (o == i && !is_param(i)))
+}
+
+/// Whether every entry of `inner` is covered by some entry of `outer`; the first that is not.
+pub fn first_uncovered<'a, S: AsRef<str>>(outer: &[S], inner: &'a [String]) -> Option<&'a str> {
+    inner.iter().map(String::as_str).find(|i| !outer.iter().any(|o| covers(o.as_ref(), i)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_narrower_entry_is_covered_and_a_wider_one_is_not() {
+        assert!(covers("POST /v1/payment_intents", "POST /v1/payment_intents"));
+        assert!(covers("GET /v1/charges/{id}", "GET /v1/charges/ch_1"));
+        assert!(covers("GET /v1/charges/{id}", "GET /v1/charges/{other}"));
+        assert!(!covers("GET /v1/charges/ch_1", "GET /v1/charges/{id}"));
+        assert!(!covers("GET /v1/charges/{id}", "POST /v1/charges/{id}"));
+        assert!(!covers("GET /v1/charges", "GET /v1/charges/{id}"));
+        assert!(!covers("GET /v1/charges/{id}", "GET /v1/charges"));
+        let parent = vec!["POST /v1/payment_intents".to_string(), "GET /v1/charges/{id}".into()];
+        assert_eq!(first_uncovered(&parent, &["GET /v1/charges/ch_9".into()]), None);
+        assert_eq!(first_uncovered(&parent, &["POST /v1/refunds".into()]), Some("POST /v1/refunds"));
+    }
 
     #[test]
     fn canonical_paths_pass() {

@@ -69,6 +69,11 @@ pub struct AuditRow {
     /// The client's `Idempotency-Key` was longer than the 255 characters stored.
     #[serde(default, deserialize_with = "flag")]
     pub idempotency_key_truncated: bool,
+    /// The key's lineage: the issuer that made it (or its root), and the key that minted it.
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+    #[serde(default)]
+    pub parent_key_id: Option<String>,
 }
 
 fn one() -> u64 {
@@ -115,6 +120,8 @@ pub struct AuditView<'a> {
     pub count: u64,
     pub last_ts: Option<String>,
     pub idempotency_key_truncated: bool,
+    pub issuer_id: Option<&'a str>,
+    pub parent_key_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a AuditRow> for AuditView<'a> {
@@ -140,6 +147,8 @@ impl<'a> From<&'a AuditRow> for AuditView<'a> {
             count: r.count,
             last_ts: r.last_ts_ms.map(rfc3339),
             idempotency_key_truncated: r.idempotency_key_truncated,
+            issuer_id: r.issuer_id.as_deref(),
+            parent_key_id: r.parent_key_id.as_deref(),
         }
     }
 }
@@ -177,12 +186,15 @@ pub struct AuditQuery {
     pub cursor: Option<Cursor>,
     pub decision: Option<String>,
     pub outcome: Option<Outcome>,
+    /// Set when an issuer asks: only rows of its own keys are read.
+    pub within_issuer: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuditFilter {
     KeyId(String),
     Label(String),
+    Issuer(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +213,11 @@ pub enum Cursor {
 pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
 pub const MAX_AUDIT_LIMIT: u32 = 1_000;
 const MAX_ROW_ID_CHARS: usize = 128;
+
+/// The totals value of a label as one issuer sees it: issuer ids are hex, so this is unique.
+pub fn issuer_label(issuer_id: &str, label: &str) -> String {
+    format!("{issuer_id}/{label}")
+}
 
 /// A value bound into the page query.
 #[derive(Debug, PartialEq, Eq)]
@@ -229,11 +246,15 @@ impl AuditQuery {
             };
             let next_filter = match k {
                 "key_id" if crate::core::token::is_key_id(v) => AuditFilter::KeyId(v.to_string()),
-                "key_id" => return Err("key_id must be 64 lowercase hex digits".into()),
+                "key_id" => {
+                    return Err("key_id must be a key id: 64 lowercase hex digits, and -<n> for a minted key".into())
+                }
                 "agent_run_label" if !v.is_empty() && v.chars().count() <= crate::core::keys::MAX_LABEL_CHARS => {
                     AuditFilter::Label(v.to_string())
                 }
                 "agent_run_label" => return Err("agent_run_label must be 1 to 256 characters".into()),
+                "issuer_id" if crate::core::token::is_object_id(v) => AuditFilter::Issuer(v.to_string()),
+                "issuer_id" => return Err("issuer_id must be 64 lowercase hex digits".into()),
                 "limit" => {
                     limit = v
                         .parse()
@@ -278,18 +299,29 @@ impl AuditQuery {
                 other => return Err(format!("unknown parameter {other:?}")),
             };
             if filter.replace(next_filter).is_some() {
-                return Err("give exactly one of key_id or agent_run_label".into());
+                return Err("give exactly one of key_id, agent_run_label or issuer_id".into());
             }
         }
-        let filter = filter.ok_or("give key_id or agent_run_label")?;
-        Ok(AuditQuery { filter, limit, order, cursor, decision, outcome })
+        let filter = filter.ok_or("give key_id, agent_run_label or issuer_id")?;
+        Ok(AuditQuery { filter, limit, order, cursor, decision, outcome, within_issuer: None })
     }
 
     /// The totals scope: `("key", id)` or `("label", label)`.
-    pub fn scope(&self) -> (&'static str, &str) {
+    pub fn scope(&self) -> (&'static str, String) {
+        match (&self.filter, &self.within_issuer) {
+            (AuditFilter::KeyId(id), _) => ("key", id.clone()),
+            (AuditFilter::Label(label), None) => ("label", label.clone()),
+            (AuditFilter::Label(label), Some(issuer)) => ("issuer_label", issuer_label(issuer, label)),
+            (AuditFilter::Issuer(id), _) => ("issuer", id.clone()),
+        }
+    }
+
+    /// The column the listing is read by, and its value.
+    pub fn filter_column(&self) -> (&'static str, &str) {
         match &self.filter {
-            AuditFilter::KeyId(id) => ("key", id),
-            AuditFilter::Label(label) => ("label", label),
+            AuditFilter::KeyId(id) => ("key_id", id),
+            AuditFilter::Label(label) => ("agent_run_label", label),
+            AuditFilter::Issuer(id) => ("issuer_id", id),
         }
     }
 
@@ -297,16 +329,16 @@ impl AuditQuery {
     /// index range (by key or label, then time) and fetches one row past the page, to tell
     /// `has_more`. An `ending_before` page is read backwards; [`AuditQuery::in_order`] turns it.
     pub fn page_sql(&self, cursor_ts_ms: Option<u64>) -> (String, Vec<SqlValue>) {
-        let (column, value) = match &self.filter {
-            AuditFilter::KeyId(id) => ("key_id", id),
-            AuditFilter::Label(label) => ("agent_run_label", label),
-        };
+        let (column, value) = self.filter_column();
         let mut sql = format!("SELECT * FROM audit WHERE {column} = ?1");
-        let mut binds = vec![SqlValue::Text(value.clone())];
+        let mut binds = vec![SqlValue::Text(value.to_string())];
         let mut bind = |sql: &mut String, clause: &str, v: SqlValue| {
             binds.push(v);
             sql.push_str(&clause.replace('?', &format!("?{}", binds.len())));
         };
+        if let Some(issuer) = &self.within_issuer {
+            bind(&mut sql, " AND issuer_id = ?", SqlValue::Text(issuer.clone()));
+        }
         if let Some(d) = &self.decision {
             bind(&mut sql, " AND decision = ?", SqlValue::Text(d.clone()));
         }
@@ -431,11 +463,14 @@ mod tests {
             count: 1,
             last_ts_ms: None,
             idempotency_key_truncated: false,
+            issuer_id: None,
+            parent_key_id: Some("p".into()),
         };
         let json = serde_json::to_string(&AuditView::from(&row)).unwrap();
         assert!(json.contains(r#""ts":"1970-01-01T00:00:01.000Z""#), "{json}");
         assert!(json.contains(r#""cost_usd":1.5"#), "{json}");
         assert!(json.contains(r#""outcome":"settled""#), "{json}");
+        assert!(json.contains(r#""issuer_id":null,"parent_key_id":"p""#), "{json}");
         for o in Outcome::ALL {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }

@@ -37,7 +37,14 @@ pub enum ProxyError {
     CostUnknown(String),
     CurrencyNotAllowed,
     PerCallLimit,
+    /// The key's own daily cap, or a parent's (`scope`), would be passed.
     CapExhausted {
+        retry_after_secs: u64,
+        #[serde(default)]
+        scope: CapScope,
+    },
+    /// The daily budget of the key's issuer would be passed.
+    BudgetExhausted {
         retry_after_secs: u64,
     },
     InvalidRequest(String),
@@ -63,7 +70,42 @@ pub enum ProxyError {
     Internal,
 }
 
+/// Whose limit a cap hit met, sent as `X-Keybrake-Cap-Scope`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapScope {
+    #[default]
+    Key,
+    /// An ancestor's cap: spend of all its descendants counts against it.
+    Parent,
+    Issuer,
+}
+
+impl CapScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            CapScope::Key => "key",
+            CapScope::Parent => "parent",
+            CapScope::Issuer => "issuer",
+        }
+    }
+}
+
 impl ProxyError {
+    /// The key's own cap would be passed.
+    pub fn key_cap(retry_after_secs: u64) -> ProxyError {
+        ProxyError::CapExhausted { retry_after_secs, scope: CapScope::Key }
+    }
+
+    /// Which limit a cap hit met, if this is one.
+    pub fn cap_scope(&self) -> Option<CapScope> {
+        match self {
+            ProxyError::CapExhausted { scope, .. } => Some(*scope),
+            ProxyError::BudgetExhausted { .. } => Some(CapScope::Issuer),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::InvalidRequest(_) => 400,
@@ -79,7 +121,9 @@ impl ProxyError {
             ProxyError::Conflict(_) | ProxyError::IdempotencyInFlight => 409,
             ProxyError::IdempotencyMismatch => 422,
             ProxyError::CostUnknown(_) | ProxyError::CurrencyNotAllowed => 422,
-            ProxyError::CapExhausted { .. } | ProxyError::TooManyAttempts { .. } => 429,
+            ProxyError::CapExhausted { .. }
+            | ProxyError::BudgetExhausted { .. }
+            | ProxyError::TooManyAttempts { .. } => 429,
             ProxyError::Internal => 500,
             ProxyError::VendorUnreachable | ProxyError::VendorAuthFailed => 502,
             ProxyError::VendorNotConfigured | ProxyError::AdminNotConfigured => 503,
@@ -95,9 +139,9 @@ impl ProxyError {
     /// When to try again, in seconds, for refusals that end at a known time.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::CapExhausted { retry_after_secs } | ProxyError::TooManyAttempts { retry_after_secs } => {
-                Some(*retry_after_secs)
-            }
+            ProxyError::CapExhausted { retry_after_secs, .. }
+            | ProxyError::BudgetExhausted { retry_after_secs }
+            | ProxyError::TooManyAttempts { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -118,6 +162,7 @@ impl ProxyError {
             ProxyError::CurrencyNotAllowed => "currency_not_allowed",
             ProxyError::PerCallLimit => "per_call_limit",
             ProxyError::CapExhausted { .. } => "cap_exhausted",
+            ProxyError::BudgetExhausted { .. } => "budget_exhausted",
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::NotFound => "not_found",
             ProxyError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -147,8 +192,14 @@ impl ProxyError {
             ProxyError::CostUnknown(why) => format!("Keybrake cannot price this call, so it was not sent: {why}."),
             ProxyError::CurrencyNotAllowed => "Vault keys are capped in USD; only currency=usd is accepted.".into(),
             ProxyError::PerCallLimit => "This call costs more than the key's max_usd_per_call.".into(),
+            ProxyError::CapExhausted { scope: CapScope::Parent, .. } => {
+                "This call would exceed the daily USD cap of a parent of this vault key; it was not sent.".into()
+            }
             ProxyError::CapExhausted { .. } => {
                 "This call would exceed the vault key's daily USD cap; it was not sent.".into()
+            }
+            ProxyError::BudgetExhausted { .. } => {
+                "This call would exceed the daily USD budget of the issuer of this vault key; it was not sent.".into()
             }
             ProxyError::InvalidRequest(why) => why.clone(),
             ProxyError::NotFound => "Not found.".into(),
@@ -206,7 +257,8 @@ mod tests {
             (ProxyError::CostUnknown("x".into()), 422, "cost_unknown"),
             (ProxyError::CurrencyNotAllowed, 422, "currency_not_allowed"),
             (ProxyError::PerCallLimit, 403, "per_call_limit"),
-            (ProxyError::CapExhausted { retry_after_secs: 5 }, 429, "cap_exhausted"),
+            (ProxyError::key_cap(5), 429, "cap_exhausted"),
+            (ProxyError::BudgetExhausted { retry_after_secs: 5 }, 429, "budget_exhausted"),
             (ProxyError::InvalidRequest("x".into()), 400, "invalid_request"),
             (ProxyError::NotFound, 404, "not_found"),
             (ProxyError::VendorUnreachable, 502, "vendor_unreachable"),
@@ -221,7 +273,7 @@ mod tests {
 
     #[test]
     fn vendor_error_shapes() {
-        let e = ProxyError::CapExhausted { retry_after_secs: 1 };
+        let e = ProxyError::key_cap(1);
         let twilio: serde_json::Value = serde_json::from_str(&e.body_as(ErrorShape::Twilio)).unwrap();
         assert_eq!((twilio["code"].as_u64(), twilio["status"].as_u64()), (Some(429), Some(429)));
         assert!(twilio["message"].as_str().unwrap().contains("cap"));
@@ -231,8 +283,13 @@ mod tests {
 
     #[test]
     fn round_trips_through_json() {
-        let e = ProxyError::CapExhausted { retry_after_secs: 42 };
-        let back: ProxyError = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
-        assert_eq!(back, e);
+        for e in [
+            ProxyError::key_cap(42),
+            ProxyError::CapExhausted { retry_after_secs: 42, scope: CapScope::Parent },
+            ProxyError::BudgetExhausted { retry_after_secs: 42 },
+        ] {
+            let back: ProxyError = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            assert_eq!(back, e);
+        }
     }
 }

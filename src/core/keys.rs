@@ -30,6 +30,12 @@ pub struct KeyConfig {
     /// Whether `expand[]` may pull hidden fields into responses.
     #[serde(default)]
     pub allow_expand: bool,
+    /// The issuer whose token made the key, or made its root ancestor.
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+    /// The key whose vault key minted this one; its cap, and its ancestors', bound this one's.
+    #[serde(default)]
+    pub parent_key_id: Option<String>,
 }
 
 /// A validated `POST /vault/keys` body.
@@ -58,6 +64,8 @@ impl NewKey {
             agent_run_label: self.agent_run_label,
             stripe_account: self.stripe_account,
             allow_expand: self.allow_expand,
+            issuer_id: None,
+            parent_key_id: None,
         }
     }
 }
@@ -154,19 +162,7 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
         }
     };
 
-    let agent_run_label = match field("agent_run_label") {
-        None => None,
-        Some(raw) => {
-            let label: String =
-                serde_json::from_str(raw.get()).map_err(|_| bad("agent_run_label must be a string".into()))?;
-            if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
-                return Err(bad(format!(
-                    "agent_run_label must be 1 to {MAX_LABEL_CHARS} characters without control characters"
-                )));
-            }
-            Some(label)
-        }
-    };
+    let agent_run_label = field("agent_run_label").map(parse_label).transpose()?;
 
     let stripe_account = match field("stripe_account") {
         None => None,
@@ -196,6 +192,18 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
         stripe_account,
         allow_expand,
     })
+}
+
+/// An `agent_run_label` value: a string of 1 to 256 characters, none of them control.
+pub fn parse_label(raw: &RawValue) -> Result<String, ProxyError> {
+    let bad = |msg: String| ProxyError::InvalidRequest(msg);
+    let label: String = serde_json::from_str(raw.get()).map_err(|_| bad("agent_run_label must be a string".into()))?;
+    if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "agent_run_label must be 1 to {MAX_LABEL_CHARS} characters without control characters"
+        )));
+    }
+    Ok(label)
 }
 
 /// Parses a `POST /vault/keys/{id}/refresh` body: `{"expires_in": "2h"}`, default 1 h.
@@ -230,6 +238,9 @@ pub struct KeyState {
     pub reconciling: u64,
     /// Calls whose outcome is still unknown; their money stays held.
     pub unresolved: u64,
+    /// Today's spend and holds of the key's descendants, which its cap bounds too.
+    #[serde(default)]
+    pub descendants: Micros,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -252,7 +263,7 @@ impl KeyState {
     }
 
     pub fn remaining(&self) -> Micros {
-        self.config.daily_cap.saturating_sub(self.spent).saturating_sub(self.reserved)
+        self.config.daily_cap.saturating_sub(self.spent).saturating_sub(self.reserved).saturating_sub(self.descendants)
     }
 }
 
@@ -285,6 +296,11 @@ pub struct KeyView<'a> {
     /// How far real prices that came in above their estimates pushed today's spend past the cap.
     #[serde(with = "usd")]
     pub over_cap_usd: Micros,
+    pub issuer_id: Option<&'a str>,
+    pub parent_key_id: Option<&'a str>,
+    /// Spent and held today by this key's descendants, counted against its cap too.
+    #[serde(with = "usd")]
+    pub descendants_usd: Micros,
 }
 
 impl<'a> KeyView<'a> {
@@ -310,6 +326,9 @@ impl<'a> KeyView<'a> {
             reconciling: state.reconciling,
             unresolved: state.unresolved,
             over_cap_usd: state.spent.saturating_sub(c.daily_cap),
+            issuer_id: c.issuer_id.as_deref(),
+            parent_key_id: c.parent_key_id.as_deref(),
+            descendants_usd: state.descendants,
         }
     }
 }
@@ -329,6 +348,8 @@ pub struct IssuedKeyView<'a> {
     pub agent_run_label: Option<&'a str>,
     pub stripe_account: Option<&'a str>,
     pub allow_expand: bool,
+    pub issuer_id: Option<&'a str>,
+    pub parent_key_id: Option<&'a str>,
 }
 
 impl<'a> IssuedKeyView<'a> {
@@ -344,6 +365,8 @@ impl<'a> IssuedKeyView<'a> {
             agent_run_label: config.agent_run_label.as_deref(),
             stripe_account: config.stripe_account.as_deref(),
             allow_expand: config.allow_expand,
+            issuer_id: config.issuer_id.as_deref(),
+            parent_key_id: config.parent_key_id.as_deref(),
         }
     }
 }
@@ -466,6 +489,7 @@ mod tests {
             audit_pending: 0,
             reconciling: 0,
             unresolved: 0,
+            descendants: Micros::ZERO,
         };
         assert_eq!(state.status(60_999), KeyStatus::Active);
         assert_eq!(state.status(61_000), KeyStatus::Expired);

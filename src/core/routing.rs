@@ -7,9 +7,17 @@ use crate::core::vendor::Vendor;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
     IssueKey,
+    /// `DELETE /vault/keys?agent_run_label=…`
+    RevokeRun,
     GetKey(&'a str),
     RevokeKey(&'a str),
     RefreshKey(&'a str),
+    /// `POST /vault/keys/{id}/children`, authenticated by the parent's vault key.
+    MintChild(&'a str),
+    CreateIssuer,
+    ListIssuers,
+    GetIssuer(&'a str),
+    RevokeIssuer(&'a str),
     Audit,
     OpenApi,
     /// `GET /` and `HEAD /`: a page naming the service, for whoever opens the URL in a browser.
@@ -55,12 +63,21 @@ fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         ("POST", ["keys"]) => Route::IssueKey,
-        (_, ["keys"]) => Route::MethodNotAllowed("POST"),
+        ("DELETE", ["keys"]) => Route::RevokeRun,
+        (_, ["keys"]) => Route::MethodNotAllowed("POST, DELETE"),
         ("GET", ["keys", id]) => Route::GetKey(id),
         ("DELETE", ["keys", id]) => Route::RevokeKey(id),
         (_, ["keys", _]) => Route::MethodNotAllowed("GET, DELETE"),
         ("POST", ["keys", id, "refresh"]) => Route::RefreshKey(id),
         (_, ["keys", _, "refresh"]) => Route::MethodNotAllowed("POST"),
+        ("POST", ["keys", id, "children"]) => Route::MintChild(id),
+        (_, ["keys", _, "children"]) => Route::MethodNotAllowed("POST"),
+        ("POST", ["issuers"]) => Route::CreateIssuer,
+        ("GET", ["issuers"]) => Route::ListIssuers,
+        (_, ["issuers"]) => Route::MethodNotAllowed("GET, POST"),
+        ("GET", ["issuers", id]) => Route::GetIssuer(id),
+        ("DELETE", ["issuers", id]) => Route::RevokeIssuer(id),
+        (_, ["issuers", _]) => Route::MethodNotAllowed("GET, DELETE"),
         ("GET", ["audit"]) => Route::Audit,
         (_, ["audit"]) => Route::MethodNotAllowed("GET"),
         _ => Route::NotFound,
@@ -74,7 +91,15 @@ mod tests {
     #[test]
     fn admin_routes() {
         assert_eq!(route("POST", "/vault/keys"), Route::IssueKey);
-        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed("POST, DELETE"));
+        assert_eq!(route("DELETE", "/vault/keys"), Route::RevokeRun);
+        assert_eq!(route("POST", "/vault/keys/abc/children"), Route::MintChild("abc"));
+        assert_eq!(route("GET", "/vault/keys/abc/children"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route("POST", "/vault/issuers"), Route::CreateIssuer);
+        assert_eq!(route("GET", "/vault/issuers"), Route::ListIssuers);
+        assert_eq!(route("GET", "/vault/issuers/i"), Route::GetIssuer("i"));
+        assert_eq!(route("DELETE", "/vault/issuers/i"), Route::RevokeIssuer("i"));
+        assert_eq!(route("POST", "/vault/issuers/i"), Route::MethodNotAllowed("GET, DELETE"));
         assert_eq!(route("GET", "/vault/keys/abc"), Route::GetKey("abc"));
         assert_eq!(route("DELETE", "/vault/keys/abc"), Route::RevokeKey("abc"));
         assert_eq!(route("PUT", "/vault/keys/abc"), Route::MethodNotAllowed("GET, DELETE"));

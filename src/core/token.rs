@@ -3,17 +3,26 @@
 //! `kb_<vendor>_<key_id>_<secret>`:
 //! - `vendor` names the upstream (`stripe`), so a bare path like `/v1/payment_intents` can be
 //!   priced before the Durable Object is asked anything;
-//! - `key_id` is the 64-hex id of the key's Durable Object. The runtime only accepts ids it
-//!   minted itself, so a forged id is refused before any object exists;
+//! - `key_id` names the key's Durable Object: its 64-hex id, alone for the key that object
+//!   was made for, or followed by `-<n>` for the n-th key minted later inside it (a child key,
+//!   or a key an issuer made). The runtime only accepts object ids it minted itself, so a
+//!   forged id is refused before any object exists;
 //! - `secret` is 32 random bytes, base64url without padding. Only its SHA-256 is stored,
 //!   and it is compared in constant time.
+//!
+//! Issuer tokens are `kbi_<issuer_id>_<secret>`, where `issuer_id` is the 64-hex id of the
+//! issuer's object.
 
 use crate::core::encoding::{base64_decode, base64url, hex};
 use crate::core::vendor::Vendor;
 use sha2::{Digest, Sha256};
 
 pub const PREFIX: &str = "kb_";
+pub const ISSUER_PREFIX: &str = "kbi_";
+/// The length of an object id, and of the key id of the key an object was made for.
 pub const KEY_ID_LEN: usize = 64;
+/// The most keys minted inside one object: keeps member numbers to 9 digits.
+pub const MAX_MEMBER: u64 = 999_999_999;
 pub const SECRET_BYTES: usize = 32;
 const SECRET_LEN: usize = 43; // base64url of 32 bytes, unpadded
 
@@ -31,21 +40,55 @@ impl<'a> VaultToken<'a> {
         let rest = token.strip_prefix(PREFIX)?;
         let (vendor, rest) = rest.split_once('_')?;
         let vendor = Vendor::from_name(vendor)?;
-        // The secret's alphabet includes '_', so split at the fixed key-id width, not at '_'.
-        if rest.len() != KEY_ID_LEN + 1 + SECRET_LEN || rest.as_bytes()[KEY_ID_LEN] != b'_' {
-            return None;
-        }
-        let (key_id, secret) = (&rest[..KEY_ID_LEN], &rest[KEY_ID_LEN + 1..]);
-        if !is_key_id(key_id) || !secret.bytes().all(is_base64url) {
-            return None;
-        }
-        Some(VaultToken { vendor, key_id, secret })
+        let (key_id, secret) = split_secret(rest)?;
+        is_key_id(key_id).then_some(VaultToken { vendor, key_id, secret })
     }
 
     /// The SHA-256 of the secret part, as stored by the key's Durable Object.
     pub fn secret_hash(&self) -> SecretHash {
         SecretHash::of(self.secret.as_bytes())
     }
+}
+
+/// Splits `<id>_<secret>`. The secret's alphabet includes '_', so it is cut at its fixed
+/// width from the end, not at a '_'.
+fn split_secret(rest: &str) -> Option<(&str, &str)> {
+    let at = rest.len().checked_sub(SECRET_LEN + 1)?;
+    if !rest.is_char_boundary(at) || rest.as_bytes()[at] != b'_' {
+        return None;
+    }
+    let (id, secret) = (&rest[..at], &rest[at + 1..]);
+    secret.bytes().all(is_base64url).then_some((id, secret))
+}
+
+/// A parsed, well-formed issuer token (`kbi_…`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct IssuerToken<'a> {
+    pub issuer_id: &'a str,
+    secret: &'a str,
+}
+
+impl<'a> IssuerToken<'a> {
+    pub fn parse(token: &'a str) -> Option<IssuerToken<'a>> {
+        let (issuer_id, secret) = split_secret(token.strip_prefix(ISSUER_PREFIX)?)?;
+        is_object_id(issuer_id).then_some(IssuerToken { issuer_id, secret })
+    }
+
+    pub fn secret_hash(&self) -> SecretHash {
+        SecretHash::of(self.secret.as_bytes())
+    }
+}
+
+/// Builds a new issuer token from fresh random bytes: the token (shown once) and its hash.
+pub fn issue_issuer(issuer_id: &str, random: &[u8; SECRET_BYTES]) -> (String, SecretHash) {
+    let secret = base64url(random);
+    let hash = SecretHash::of(secret.as_bytes());
+    (format!("{ISSUER_PREFIX}{issuer_id}_{secret}"), hash)
+}
+
+/// The hash stored for a secret made from `random`, before the key id it will go with is known.
+pub fn hash_of_secret(random: &[u8; SECRET_BYTES]) -> SecretHash {
+    SecretHash::of(base64url(random).as_bytes())
 }
 
 /// Builds a new token for `key_id` from fresh random bytes. Returns the token (shown to the
@@ -57,8 +100,34 @@ pub fn issue(vendor: Vendor, key_id: &str, random: &[u8; SECRET_BYTES]) -> (Stri
 }
 
 /// True for a Durable Object id as the runtime prints it: 64 lowercase hex digits.
-pub fn is_key_id(s: &str) -> bool {
+pub fn is_object_id(s: &str) -> bool {
     s.len() == KEY_ID_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// True for a key id: an object id, optionally followed by `-<n>` (1 to [`MAX_MEMBER`], no
+/// leading zero), so that every key id has exactly one spelling.
+pub fn is_key_id(s: &str) -> bool {
+    let (object, member) = match s.split_at_checked(KEY_ID_LEN) {
+        Some((object, "")) => (object, None),
+        Some((object, rest)) => match rest.strip_prefix('-') {
+            Some(member) => (object, Some(member)),
+            None => return false,
+        },
+        None => return false,
+    };
+    let member_ok = member
+        .is_none_or(|m| (1..=9).contains(&m.len()) && !m.starts_with('0') && m.bytes().all(|b| b.is_ascii_digit()));
+    is_object_id(object) && member_ok
+}
+
+/// The id of the object that holds `key_id` (a well-formed key id).
+pub fn object_of(key_id: &str) -> &str {
+    key_id.get(..KEY_ID_LEN).unwrap_or(key_id)
+}
+
+/// The id of the `n`-th key minted inside the object `object_id`.
+pub fn member_key_id(object_id: &str, n: u64) -> String {
+    format!("{object_id}-{n}")
 }
 
 /// A SHA-256 digest, carried as 64 lowercase hex digits.
@@ -237,9 +306,33 @@ mod tests {
     }
 
     #[test]
-    fn key_ids_are_64_lowercase_hex() {
+    fn key_ids_are_an_object_id_and_an_optional_member_number() {
         assert!(is_key_id(ID));
         assert!(!is_key_id(&ID[1..]));
         assert!(!is_key_id(&ID.to_uppercase()));
+        assert!(is_key_id(&member_key_id(ID, 1)));
+        assert!(is_key_id(&member_key_id(ID, MAX_MEMBER)));
+        for bad in ["-0", "-01", "-", "-1000000000", "-1a", "_1", "1"] {
+            assert!(!is_key_id(&format!("{ID}{bad}")), "{bad}");
+        }
+        assert_eq!(object_of(&member_key_id(ID, 7)), ID);
+    }
+
+    #[test]
+    fn member_keys_and_issuer_tokens_parse_back() {
+        let child = member_key_id(ID, 12);
+        let (token, stored) = issue(Vendor::Twilio, &child, &[3u8; SECRET_BYTES]);
+        let parsed = VaultToken::parse(&token).expect("parses");
+        assert_eq!(parsed.key_id, child);
+        assert!(parsed.secret_hash().matches(&stored));
+
+        let (token, stored) = issue_issuer(ID, &[4u8; SECRET_BYTES]);
+        assert!(token.starts_with("kbi_0123"));
+        let parsed = IssuerToken::parse(&token).expect("parses");
+        assert_eq!(parsed.issuer_id, ID);
+        assert!(parsed.secret_hash().matches(&stored));
+        assert!(IssuerToken::parse(&token.replace("kbi_", "kb_")).is_none());
+        assert!(VaultToken::parse(&token).is_none(), "an issuer token is no vault key");
+        assert!(IssuerToken::parse(&format!("kbi_{child}_{}", &token[token.len() - 43..])).is_none());
     }
 }

@@ -14,13 +14,16 @@ mod late;
 pub mod protocol;
 #[cfg(test)]
 mod tests;
+pub mod tree;
+#[cfg(test)]
+mod tree_tests;
 
 use crate::core::allowlist;
 use crate::core::answer::Attempt;
 use crate::core::audit::{AuditRow, Outcome};
 use crate::core::clock::{secs_until_next_utc_day, utc_day, MAX_TTL_SECS, MS_PER_SEC};
 use crate::core::cost::Quote;
-use crate::core::error::ProxyError;
+use crate::core::error::{CapScope, ProxyError};
 use crate::core::keys::{KeyConfig, KeyState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
@@ -162,6 +165,19 @@ pub struct Admitted {
     pub attempt: Attempt,
 }
 
+/// What the limits above a key's own leave it today: the least remaining of its own cap over
+/// its whole subtree, each ancestor's cap over theirs, and its issuer's budget, with the
+/// scope of the one that binds. A key alone in its object has no limit above its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headroom {
+    pub amount: Micros,
+    pub scope: CapScope,
+}
+
+impl Headroom {
+    pub const UNBOUNDED: Headroom = Headroom { amount: Micros(u64::MAX), scope: CapScope::Key };
+}
+
 #[derive(Debug)]
 pub struct Ledger {
     key: KeyRecord,
@@ -221,6 +237,18 @@ impl Ledger {
         now_ms: u64,
         call: ReserveCall,
     ) -> Result<Result<Admitted, ProxyError>, S::Error> {
+        self.reserve_within(store, now_ms, call, Headroom::UNBOUNDED)
+    }
+
+    /// [`Ledger::reserve`] for a key with limits above its own (see [`tree`]): the price must
+    /// also fit `headroom`.
+    pub fn reserve_within<S: LedgerStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        call: ReserveCall,
+        headroom: Headroom,
+    ) -> Result<Result<Admitted, ProxyError>, S::Error> {
         if !self.authenticates(call.vendor, &call.secret_hash) {
             return Ok(Err(ProxyError::InvalidKey));
         }
@@ -244,9 +272,9 @@ impl Ledger {
                     Err(error) => Err(error.clone()),
                 },
                 Some(seen) if seen.state == KeyUse::Unknown && self.open.contains_key(&seen.reservation_id) => {
-                    self.admit_retry_of_unknown(store, now_ms, &call, seen)?
+                    self.admit_retry_of_unknown(store, now_ms, &call, seen, headroom)?
                 }
-                _ => match self.check_price(now_ms, &call, Micros::ZERO) {
+                _ => match self.check_price(now_ms, &call, Micros::ZERO, headroom) {
                     Ok((amount, units)) => Ok(self.admit(store, seq, now_ms, &call, amount, units)?),
                     Err(error) => Err(error),
                 },
@@ -395,19 +423,20 @@ impl Ledger {
         now_ms: u64,
         call: &ReserveCall,
         seen: Remembered,
+        headroom: Headroom,
     ) -> Result<Result<Admitted, ProxyError>, S::Error> {
         let Some(mut reservation) = self.open.get(&seen.reservation_id).cloned() else {
             return Ok(Err(ProxyError::Internal));
         };
         let own_hold = if reservation.day == self.key.day { reservation.amount } else { Micros::ZERO };
-        let (amount, _) = match self.check_price(now_ms, call, own_hold) {
+        let (amount, _) = match self.check_price(now_ms, call, own_hold, headroom) {
             Ok(priced) => priced,
             Err(error) => return Ok(Err(error)),
         };
         if amount > reservation.amount {
             if reservation.day != self.key.day {
                 // Yesterday's hold cannot grow into today's cap.
-                return Ok(Err(ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) }));
+                return Ok(Err(ProxyError::key_cap(secs_until_next_utc_day(now_ms))));
             }
             self.reserved_today =
                 self.reserved_today.saturating_sub(reservation.amount).checked_add(amount).unwrap_or(Micros(u64::MAX));
@@ -452,16 +481,31 @@ impl Ledger {
         Ok(())
     }
 
-    /// The contract's checks 5 to 8: the price, the per-call limit, the daily cap, with
-    /// `own_hold` (a retry's own hold, which it takes over) counted as available. Returns the
-    /// amount to hold and, for a per-unit quote, how many units it buys.
-    fn check_price(&self, now_ms: u64, call: &ReserveCall, own_hold: Micros) -> Result<(Micros, u64), ProxyError> {
+    /// The contract's checks 5 to 8: the price, the per-call limit, the daily cap and the limits
+    /// above it (`headroom`), with `own_hold` (a retry's own hold, which it takes over) counted
+    /// as available. Returns the amount to hold and, for a per-unit quote, how many units it buys.
+    fn check_price(
+        &self,
+        now_ms: u64,
+        call: &ReserveCall,
+        own_hold: Micros,
+        headroom: Headroom,
+    ) -> Result<(Micros, u64), ProxyError> {
         let config = &self.key.config;
-        let cap_hit = || ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(now_ms) };
-        let available = config
+        let own = config
             .daily_cap
             .saturating_sub(self.key.spent)
             .saturating_sub(self.reserved_today.saturating_sub(own_hold));
+        // The retry's own hold is in every sum above this key too.
+        let above = headroom.amount.checked_add(own_hold).unwrap_or(Micros(u64::MAX));
+        let (available, scope) = if above < own { (above, headroom.scope) } else { (own, CapScope::Key) };
+        let cap_hit = || {
+            let retry_after_secs = secs_until_next_utc_day(now_ms);
+            match scope {
+                CapScope::Issuer => ProxyError::BudgetExhausted { retry_after_secs },
+                scope => ProxyError::CapExhausted { retry_after_secs, scope },
+            }
+        };
         match call.price.clone()? {
             Quote::Fixed { amount } => {
                 if config.max_per_call.is_some_and(|max| amount > max) {
@@ -656,6 +700,30 @@ impl Ledger {
             audit_pending,
             reconciling: self.reconciling.len() as u64,
             unresolved: self.open.values().filter(|r| r.unknown.is_some()).count() as u64,
+            descendants: Micros::ZERO,
+        }
+    }
+
+    pub fn config(&self) -> &KeyConfig {
+        &self.key.config
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.key.revoked_at_ms.is_some()
+    }
+
+    /// Neither revoked nor expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.is_revoked() && now_ms < self.key.config.expires_at_ms
+    }
+
+    /// Spent on `day` plus what is held against it, as it counts against the caps above.
+    pub fn used_on(&self, day: u64) -> (Micros, Micros) {
+        if self.key.day == day {
+            (self.key.spent, self.reserved_today)
+        } else {
+            // The day has not rolled here yet: nothing has been spent or held on `day`.
+            (Micros::ZERO, Micros::ZERO)
         }
     }
 
@@ -719,6 +787,8 @@ impl Ledger {
             count: 1,
             last_ts_ms: None,
             idempotency_key_truncated,
+            issuer_id: config.issuer_id.clone(),
+            parent_key_id: config.parent_key_id.clone(),
         }
     }
 }
@@ -814,5 +884,50 @@ impl MemoryStore {
             self.reconciliations.borrow().values().cloned(),
             self.denials.borrow().clone(),
         ))
+    }
+}
+
+/// A shared [`MemoryStore`], as a tree's memory store hands one out per key.
+#[cfg(test)]
+impl LedgerStore for std::rc::Rc<MemoryStore> {
+    type Error = std::convert::Infallible;
+    fn put_key(&self, key: &KeyRecord) -> Result<(), Self::Error> {
+        (**self).put_key(key)
+    }
+    fn put_counters(&self, key: &KeyRecord) -> Result<(), Self::Error> {
+        (**self).put_counters(key)
+    }
+    fn put_reservation(&self, r: &Reservation) -> Result<(), Self::Error> {
+        (**self).put_reservation(r)
+    }
+    fn delete_reservation(&self, id: u64) -> Result<(), Self::Error> {
+        (**self).delete_reservation(id)
+    }
+    fn append_audit(&self, row: &AuditRow) -> Result<(), Self::Error> {
+        (**self).append_audit(row)
+    }
+    fn put_reconciliation(&self, r: &Reconciliation) -> Result<(), Self::Error> {
+        (**self).put_reconciliation(r)
+    }
+    fn delete_reconciliation(&self, id: u64) -> Result<(), Self::Error> {
+        (**self).delete_reconciliation(id)
+    }
+    fn get_idempotency(&self, key: &str) -> Result<Option<Remembered>, Self::Error> {
+        (**self).get_idempotency(key)
+    }
+    fn put_idempotency(&self, r: &Remembered) -> Result<(), Self::Error> {
+        (**self).put_idempotency(r)
+    }
+    fn put_replay(&self, id: u64, replay: &Replay) -> Result<(), Self::Error> {
+        (**self).put_replay(id, replay)
+    }
+    fn put_denials(&self, denials: &Denials) -> Result<(), Self::Error> {
+        (**self).put_denials(denials)
+    }
+    fn get_replay(&self, id: u64) -> Result<Option<Replay>, Self::Error> {
+        (**self).get_replay(id)
+    }
+    fn delete_replay(&self, id: u64) -> Result<(), Self::Error> {
+        (**self).delete_replay(id)
     }
 }

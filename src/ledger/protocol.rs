@@ -6,6 +6,7 @@ use crate::core::audit::Outcome;
 use crate::core::cost::{self, Quote, Settlement};
 use crate::core::error::ProxyError;
 use crate::core::keys::{KeyConfig, KeyState};
+use crate::core::lineage::{IssuerConfig, IssuerState};
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
 use crate::core::vendor::Vendor;
@@ -14,27 +15,65 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LedgerCall {
-    /// Store a newly issued key. Refused if the object already holds one.
+    /// Store the key the object was made for. Refused if the object already holds anything.
     Create {
         config: KeyConfig,
+        secret_hash: SecretHash,
+    },
+    /// Store the issuer the object was made for.
+    CreateIssuer {
+        config: IssuerConfig,
+        secret_hash: SecretHash,
+    },
+    /// Whether a presented issuer token is the (unrevoked) issuer's.
+    AuthenticateIssuer {
+        secret_hash: SecretHash,
+    },
+    /// A key the object's issuer makes from a `POST /vault/keys` body.
+    Issue {
+        body: String,
+        secret_hash: SecretHash,
+    },
+    /// A child key, minted with the parent's vault key, from a `…/children` body.
+    MintChild {
+        parent_key_id: String,
+        vendor: Vendor,
+        parent_secret: SecretHash,
+        body: String,
         secret_hash: SecretHash,
     },
     /// Check a presented secret, and nothing else: asked before the Worker reads a body of
     /// unknown or large size, so that nothing big is read for a wrong secret.
     Authenticate {
+        key_id: String,
         vendor: Vendor,
         secret_hash: SecretHash,
     },
     /// Authenticate and run every check; on success hold `price` against the cap.
-    Reserve(ReserveCall),
+    Reserve {
+        key_id: String,
+        call: ReserveCall,
+    },
     /// Report how a reserved call ended.
-    Finish(FinishCall),
-    Status,
-    Revoke,
+    Finish {
+        key_id: String,
+        call: FinishCall,
+    },
+    Status {
+        key_id: String,
+    },
+    /// Revoke the keys and all their descendants.
+    Revoke {
+        key_ids: Vec<String>,
+    },
     /// Move an active key's expiry to `ttl_secs` from now.
     Refresh {
+        key_id: String,
         ttl_secs: u64,
     },
+    IssuerStatus,
+    /// Revoke the issuer and every key it made.
+    RevokeIssuer,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -153,6 +192,19 @@ pub enum LedgerReply {
     Finished,
     State {
         state: KeyState,
+    },
+    /// The keys now revoked (those named and their descendants), once none can reach a vendor.
+    Revoked {
+        key_ids: Vec<String>,
+        /// When the object revoked those it had not revoked before.
+        at_ms: u64,
+    },
+    /// A key made inside the object (by its issuer, or as a child).
+    Issued {
+        config: KeyConfig,
+    },
+    Issuer {
+        state: IssuerState,
     },
     NotFound,
 }

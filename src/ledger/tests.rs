@@ -19,6 +19,8 @@ fn config(cap: u64, max_per_call: Option<u64>) -> KeyConfig {
         agent_run_label: Some("run-1".into()),
         stripe_account: None,
         allow_expand: false,
+        issuer_id: None,
+        parent_key_id: None,
     }
 }
 
@@ -99,10 +101,7 @@ fn open_reservations_count_against_the_cap() {
 #[test]
 fn cap_hits_say_when_the_day_resets() {
     let (store, mut ledger) = new_ledger(0);
-    assert_eq!(
-        reserve(&mut ledger, &store, T0, 1),
-        Err(ProxyError::CapExhausted { retry_after_secs: secs_until_next_utc_day(T0) })
-    );
+    assert_eq!(reserve(&mut ledger, &store, T0, 1), Err(ProxyError::key_cap(secs_until_next_utc_day(T0))));
     assert!(reserve(&mut ledger, &store, T0, 0).is_ok(), "free calls pass a zero cap");
 }
 

@@ -14,8 +14,9 @@ pub fn error_response(e: &ProxyError, shape: ErrorShape, known: &[(&str, String)
     for (name, value) in known {
         headers.set(name, value)?;
     }
-    if matches!(e, ProxyError::CapExhausted { .. }) {
+    if let Some(scope) = e.cap_scope() {
         headers.set("x-keybrake-cap-hit", "true")?;
+        headers.set("x-keybrake-cap-scope", scope.name())?;
     }
     if let Some(secs) = e.retry_after() {
         headers.set("retry-after", &secs.to_string())?;

@@ -22,6 +22,12 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let method = req.inner().method();
     let answer = match route(&method, &path) {
         Route::IssueKey => admin::issue_key(req, &env).await,
+        Route::RevokeRun => admin::revoke_run(&req, &env).await,
+        Route::MintChild(id) => admin::mint_child(req, &env, id).await,
+        Route::CreateIssuer => admin::create_issuer(req, &env).await,
+        Route::ListIssuers => admin::list_issuers(&req, &env).await,
+        Route::GetIssuer(id) => admin::get_issuer(&req, &env, id).await,
+        Route::RevokeIssuer(id) => admin::revoke_issuer(&req, &env, id).await,
         Route::GetKey(id) => admin::get_key(&req, &env, id).await,
         Route::RevokeKey(id) => admin::revoke_key(&req, &env, id).await,
         Route::RefreshKey(id) => admin::refresh_key(req, &env, id).await,

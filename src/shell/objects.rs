@@ -3,7 +3,7 @@
 
 use crate::core::error::ProxyError;
 use crate::core::lockout::{Failure, Verdict};
-use crate::core::token::{is_key_id, SecretHash};
+use crate::core::token::{is_key_id, is_object_id, object_of, SecretHash};
 use crate::core::vendor::Vendor;
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
 use crate::shell::errors::internal;
@@ -42,7 +42,7 @@ thread_local! {
     static KNOWN: RefCell<BTreeMap<String, (Vendor, SecretHash)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// A key's `VaultKey` object.
+/// The `VaultKey` object that holds a key (or an issuer), addressed for one key.
 pub struct LedgerClient {
     key_id: String,
     stub: Stub,
@@ -56,8 +56,20 @@ impl LedgerClient {
             return None;
         }
         let namespace = env.durable_object(VAULT_KEYS).ok()?;
-        let stub = namespace.id_from_string(key_id).ok()?.get_stub().ok()?;
+        let stub = namespace.id_from_string(object_of(key_id)).ok()?.get_stub().ok()?;
         Some(LedgerClient { key_id: key_id.to_string(), stub })
+    }
+
+    /// The object of an existing issuer (its id is the object's).
+    pub fn issuer(env: &Env, issuer_id: &str) -> Option<LedgerClient> {
+        if !is_object_id(issuer_id) {
+            return None;
+        }
+        LedgerClient::existing(env, issuer_id)
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// A fresh object for a new key, with its id.
@@ -77,7 +89,8 @@ impl LedgerClient {
 
     /// Asks the object whether the secret is the key's, and remembers it if so.
     pub async fn authenticate(&self, vendor: Vendor, secret_hash: &SecretHash) -> Result<(), ProxyError> {
-        match self.call(&LedgerCall::Authenticate { vendor, secret_hash: secret_hash.clone() }).await? {
+        let call = LedgerCall::Authenticate { key_id: self.key_id.clone(), vendor, secret_hash: secret_hash.clone() };
+        match self.call(&call).await? {
             LedgerReply::Authenticated => {
                 self.accepted(vendor, secret_hash);
                 Ok(())

@@ -259,7 +259,7 @@ fn fingerprint(method: &str, path: &str, query: &str, body: &[u8]) -> String {
 
 /// Every check and the hold happen in one uninterrupted step inside the key's object.
 async fn reserve_in(ledger: &LedgerClient, reserve: ReserveCall) -> std::result::Result<Granted, ProxyError> {
-    match ledger.call(&LedgerCall::Reserve(reserve)).await? {
+    match ledger.call(&LedgerCall::Reserve { key_id: ledger.key_id().to_string(), call: reserve }).await? {
         LedgerReply::Reserved {
             reservation_id,
             amount,
@@ -424,7 +424,8 @@ fn connected_account(headers: &Headers) -> std::result::Result<Option<String>, P
 /// it to an unknown outcome, never to a release.
 async fn report(ledger: LedgerClient, finish: FinishCall) {
     let id = finish.reservation_id;
-    if !matches!(ledger.call(&LedgerCall::Finish(finish)).await, Ok(LedgerReply::Finished)) {
+    let call = LedgerCall::Finish { key_id: ledger.key_id().to_string(), call: finish };
+    if !matches!(ledger.call(&call).await, Ok(LedgerReply::Finished)) {
         console_error!("settle failed for reservation {id}; the hold stays until the alarm sweeps it");
     }
 }

@@ -4,11 +4,14 @@
 use super::store::int;
 use super::{VaultKey, FLUSH_DELAY_MS};
 use crate::core::answer::Attempt;
-use crate::core::audit::AuditRow;
+use crate::core::audit::{issuer_label, AuditRow};
 use crate::core::vendor::PricePoll;
+use crate::core::vendor::Vendor;
 use crate::ledger::protocol::CallResult;
-use crate::ledger::{LedgerStore, IDEMPOTENCY_RETENTION_MS};
+use crate::ledger::tree::TreeStore;
+use crate::ledger::{LedgerStore, Reconciliation, IDEMPOTENCY_RETENTION_MS};
 use crate::runtime::{js_number, upstream};
+use std::collections::BTreeMap;
 use wasm_bindgen::JsValue;
 use worker::{console_error, Date, Method, Response, Result, SqlStorageValue};
 
@@ -17,12 +20,12 @@ const FLUSH_BATCH: usize = 100;
 
 const UPSERT_ROW: &str = "INSERT OR REPLACE INTO audit (id, ts_ms, key_id, agent_run_label, vendor, method, path, \
      status, decision, reserved_micros, cost_micros, outcome, vendor_object_id, idempotency_key, latency_ms, \
-     estimated_micros, reconciled_at_ms, count, last_ts_ms, idempotency_key_truncated) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+     estimated_micros, reconciled_at_ms, count, last_ts_ms, idempotency_key_truncated, issuer_id, parent_key_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)";
 
 /// Adds a batch of row snapshots (given as JSON) to a scope's totals, less the snapshots they
-/// replace: one statement per scope and batch, read in the same transaction before the rows
-/// themselves are written. Every row of a batch is this key's, under its one label.
+/// replace: one statement per scope value and batch, read in the same transaction before the
+/// rows themselves are written.
 const TOTALS_DELTA: &str = "INSERT INTO audit_totals \
      (scope, value, calls, cost_micros, settled, released, unknown, denied, replayed) \
      SELECT ?1, ?2, SUM(n.count - COALESCE(o.count, 0)), SUM(n.cost - COALESCE(o.cost_micros, 0)), \
@@ -52,12 +55,18 @@ impl VaultKey {
         self.flush_failures.set(if flushed.is_ok() { 0 } else { self.flush_failures.get().saturating_add(1) });
         let settings = self.settings();
         let stale_after = settings.stale_after_ms();
-        let swept = self.with_ledger(|ledger, store, now| ledger.sweep_stale(store, now, stale_after).map(|_| ()));
+        let swept = self.with_tree(|tree, store, now| {
+            for ledger in tree.ledgers_mut() {
+                let key = store.key(&ledger.config().key_id);
+                ledger.sweep_stale(&key, now, stale_after)?;
+            }
+            Ok(())
+        });
         log_failure("sweep of lost calls", swept);
         log_failure("price reconciliation", self.reconcile_due().await);
         log_failure("replay of unknown calls", self.replay_due().await);
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
-        let pruned = self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)]);
+        let pruned = self.store().sql.exec("DELETE FROM key_idempotency WHERE created_ms < ?", vec![int(cutoff)]);
         log_failure("prune of idempotency keys", pruned.map(|_| ()));
 
         let now = Date::now().as_millis();
@@ -70,7 +79,11 @@ impl VaultKey {
                 Some(now + backoff(1_000, 1))
             }
         };
-        let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(now, stale_after));
+        let ledger_at = self
+            .tree
+            .borrow()
+            .as_ref()
+            .and_then(|t| t.ledgers().filter_map(|l| l.next_alarm_at(now, stale_after)).min());
         self.arm(earliest(flush_at, ledger_at)).await?;
         Response::ok("")
     }
@@ -85,18 +98,20 @@ impl VaultKey {
             let Some(last) = rows.last().map(|(seq, _)| *seq) else {
                 return Ok(());
             };
-            // [id, count, cost, outcome] of each row, for the totals.
-            let deltas: Vec<(&str, u64, u64, &str)> =
-                rows.iter().map(|(_, r)| (r.id.as_str(), r.count, r.cost_micros, r.outcome.as_str())).collect();
-            let deltas = serde_json::to_string(&deltas)?;
-            let (key_id, label) = (&rows[0].1.key_id, rows[0].1.agent_run_label.as_deref());
-            let scopes = [Some(("key", key_id.as_str())), label.map(|l| ("label", l))];
-            let mut statements = Vec::with_capacity(rows.len() + 2);
-            for (scope, value) in scopes.into_iter().flatten() {
+            // [id, count, cost, outcome] of each row, for the totals of each scope it counts in.
+            let mut deltas: BTreeMap<(&str, String), Vec<Delta>> = BTreeMap::new();
+            for (_, r) in &rows {
+                let delta = (r.id.as_str(), r.count, r.cost_micros, r.outcome.as_str());
+                for scope in totals_scopes(r) {
+                    deltas.entry(scope).or_default().push(delta);
+                }
+            }
+            let mut statements = Vec::with_capacity(rows.len() + deltas.len());
+            for ((scope, value), rows) in &deltas {
                 statements.push(db.prepare(TOTALS_DELTA).bind(&[
-                    scope.into(),
-                    value.into(),
-                    deltas.as_str().into(),
+                    (*scope).into(),
+                    value.as_str().into(),
+                    serde_json::to_string(rows)?.into(),
                 ])?);
             }
             for (_, row) in &rows {
@@ -111,13 +126,19 @@ impl VaultKey {
     /// to it. The vendor call happens here, in the alarm, never on a client's request path.
     async fn reconcile_due(&self) -> Result<()> {
         let now = Date::now().as_millis();
-        let (due, vendor) = match self.ledger.borrow().as_ref() {
-            Some(ledger) => (ledger.due_reconciliations(now), ledger.vendor()),
+        let due: Vec<(String, Vendor, Reconciliation)> = match self.tree.borrow().as_ref() {
+            Some(tree) => tree
+                .ledgers()
+                .flat_map(|l| {
+                    let (key_id, vendor) = (l.config().key_id.clone(), l.vendor());
+                    l.due_reconciliations(now).into_iter().map(move |r| (key_id.clone(), vendor, r))
+                })
+                .collect(),
             None => return Ok(()),
         };
-        let Some(reconciler) = &vendor.spec().reconcile else { return Ok(()) };
         let first_backoff = self.settings().alarm_backoff_ms;
-        for rec in due {
+        for (key_id, vendor, rec) in due {
+            let Some(reconciler) = &vendor.spec().reconcile else { continue };
             let answer =
                 upstream::send(&self.env, vendor.spec(), Method::Get, &rec.poll_path, &[], &[], ALARM_CALL_TIMEOUT_MS)
                     .await;
@@ -125,16 +146,15 @@ impl VaultKey {
                 Ok(a) if (200..300).contains(&a.status) => (reconciler.read_price)(&a.body),
                 _ => PricePoll::NotYet,
             };
-            let store = self.store();
-            let now = Date::now().as_millis();
-            let mut slot = self.ledger.borrow_mut();
-            let Some(ledger) = slot.as_mut() else { return Ok(()) };
-            match poll {
-                PricePoll::Priced(actual) => ledger.reconcile(&store, now, rec.id, actual)?,
-                PricePoll::NotYet => {
-                    ledger.reconcile_later(&store, now, rec.id, backoff(first_backoff, rec.attempts))?
+            self.with_tree(|tree, store, now| {
+                let (Some(ledger), key) = (tree.ledger_mut(&key_id), store.key(&key_id)) else { return Ok(()) };
+                match poll {
+                    PricePoll::Priced(actual) => ledger.reconcile(&key, now, rec.id, actual),
+                    PricePoll::NotYet => {
+                        ledger.reconcile_later(&key, now, rec.id, backoff(first_backoff, rec.attempts))
+                    }
                 }
-            }
+            })?;
         }
         Ok(())
     }
@@ -144,14 +164,26 @@ impl VaultKey {
     /// settles the hold; an answer that tells nothing (`core::answer`) is tried again later.
     /// Nothing is sent once the key is revoked or expired, checked right before each send.
     async fn replay_due(&self) -> Result<()> {
-        let (due, vendor) = match self.ledger.borrow().as_ref() {
-            Some(ledger) => (ledger.due_replays(Date::now().as_millis()), ledger.vendor()),
+        let now = Date::now().as_millis();
+        let due: Vec<(String, Vendor, u64)> = match self.tree.borrow().as_ref() {
+            Some(tree) => tree
+                .ledgers()
+                .flat_map(|l| {
+                    let (key_id, vendor) = (l.config().key_id.clone(), l.vendor());
+                    l.due_replays(now).into_iter().map(move |id| (key_id.clone(), vendor, id))
+                })
+                .collect(),
             None => return Ok(()),
         };
         let first_backoff = self.settings().alarm_backoff_ms;
-        for id in due {
-            let may = self.ledger.borrow().as_ref().is_some_and(|l| l.may_replay(id, Date::now().as_millis()));
-            let Some(replay) = self.store().get_replay(id)?.filter(|_| may) else { continue };
+        for (key_id, vendor, id) in due {
+            let may = self
+                .tree
+                .borrow()
+                .as_ref()
+                .and_then(|t| t.ledger(&key_id))
+                .is_some_and(|l| l.may_replay(id, Date::now().as_millis()));
+            let Some(replay) = self.store().key(&key_id).get_replay(id)?.filter(|_| may) else { continue };
             self.replaying.set(self.replaying.get() + 1);
             let answer = upstream::send(
                 &self.env,
@@ -164,7 +196,8 @@ impl VaultKey {
             )
             .await;
             self.replaying.set(self.replaying.get() - 1);
-            self.with_ledger(|ledger, store, now| {
+            self.with_tree(|tree, store, now| {
+                let (Some(ledger), key) = (tree.ledger_mut(&key_id), store.key(&key_id)) else { return Ok(()) };
                 let held = ledger.held(id);
                 let (status, body) = match &answer {
                     Ok(a) => (Some(a.status), a.body.as_slice()),
@@ -173,9 +206,9 @@ impl VaultKey {
                 match CallResult::from_answer(vendor, replay.settlement, held, Attempt::Repeat, status, body) {
                     (CallResult::Unknown, _) => {
                         let attempts = ledger.attempts(id);
-                        ledger.resolve_later(store, now, id, backoff(first_backoff, attempts))
+                        ledger.resolve_later(&key, now, id, backoff(first_backoff, attempts))
                     }
-                    (result, vendor_object_id) => ledger.resolve(store, now, id, result, status, vendor_object_id),
+                    (result, vendor_object_id) => ledger.resolve(&key, now, id, result, status, vendor_object_id),
                 }
             })?;
         }
@@ -199,6 +232,24 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// `[id, count, cost, outcome]` of a row, as `TOTALS_DELTA` reads it.
+type Delta<'a> = (&'a str, u64, u64, &'a str);
+
+/// The totals a row counts in: its key, its label, its issuer, and its label as its issuer sees
+/// it (so an issuer's view of a label shared with others counts only its own rows).
+fn totals_scopes(r: &AuditRow) -> impl Iterator<Item = (&'static str, String)> {
+    let label = r.agent_run_label.as_deref();
+    let issuer = r.issuer_id.as_deref();
+    [
+        Some(("key", r.key_id.clone())),
+        label.map(|l| ("label", l.to_string())),
+        issuer.map(|i| ("issuer", i.to_string())),
+        issuer.zip(label).map(|(i, l)| ("issuer_label", issuer_label(i, l))),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 fn audit_values(row: &AuditRow) -> Vec<JsValue> {
@@ -226,5 +277,7 @@ fn audit_values(row: &AuditRow) -> Vec<JsValue> {
         num(row.count),
         opt_num(row.last_ts_ms),
         num(u64::from(row.idempotency_key_truncated)),
+        opt_str(&row.issuer_id),
+        opt_str(&row.parent_key_id),
     ]
 }
