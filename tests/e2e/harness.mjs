@@ -75,8 +75,9 @@ const CAPTURING =
     (process.env.NODE_TEST_CONTEXT !== undefined &&
       typeof process.argv[1] === "string" &&
       resolve(process.argv[1]).startsWith(E2E_DIR + sep)));
-/** Matches a vault key anywhere in text: `kb_<vendor>_<64 hex key id>_<43 base64url secret>`. */
-export const VAULT_KEY_PATTERN = /kb_(?:stripe|twilio|resend)_[0-9a-f]{64}_[A-Za-z0-9_-]{43}/g;
+/** Matches a vault key (`kb_<vendor>_<64 hex>[-<n>]_<43 base64url secret>`) or an issuer token (`kbi_<64 hex>_<secret>`) anywhere in text. */
+export const VAULT_KEY_PATTERN =
+  /(?:kb_(?:stripe|twilio|resend)_[0-9a-f]{64}(?:-[1-9][0-9]{0,8})?|kbi_[0-9a-f]{64})_[A-Za-z0-9_-]{43}/g;
 
 /**
  * Names the `node --test` run this process belongs to: the runner's pid, plus its start time
@@ -138,6 +139,10 @@ function record(entry) {
 function recordKeys(json) {
   if (json && typeof json === "object" && typeof json.vault_key === "string") {
     record({ kind: "key", key_id: json.key_id ?? null, vault_key: json.vault_key });
+  }
+  // An issuer token is as secret as a vault key, and shown once the same way.
+  if (json && typeof json === "object" && typeof json.issuer_token === "string") {
+    record({ kind: "key", key_id: json.issuer_id ?? null, vault_key: json.issuer_token });
   }
 }
 

@@ -149,7 +149,8 @@ function decodeBody(body, encoding = "") {
 
 /**
  * The answer that issued a vault key: 201, a JSON body whose `vault_key` is that key and whose
- * `key_id` is the key's id. That one field of that one answer may hold the key.
+ * `key_id` is the key's id (or whose `issuer_token` is the token of its `issuer_id`). That one
+ * field of that one answer may hold the key.
  */
 function issuedKey(status, body) {
   if (status !== 201) return null;
@@ -159,15 +160,17 @@ function issuedKey(status, body) {
   } catch {
     return null;
   }
-  const key = json?.vault_key;
-  if (typeof key !== "string" || typeof json.key_id !== "string" || !key.includes(`_${json.key_id}_`)) return null;
+  const [field, id] = typeof json?.issuer_token === "string" ? ["issuer_token", "issuer_id"] : ["vault_key", "key_id"];
+  const key = json?.[field];
+  if (typeof key !== "string" || typeof json[id] !== "string" || !key.includes(`_${json[id]}_`)) return null;
   return key;
 }
 
-/** Removes the `"vault_key":"<key>"` member from an issuing answer's text, once. */
+/** Removes the `"vault_key":"<key>"` (or `issuer_token`) member from an issuing answer's text, once. */
 function withoutIssuedKey(text, key) {
-  const member = new RegExp(`"vault_key"\\s*:\\s*"${key.replace(/[-_]/g, "\\$&")}"`);
-  return text.replace(member, '"vault_key":"<issued>"');
+  const field = key.startsWith("kbi_") ? "issuer_token" : "vault_key";
+  const member = new RegExp(`"${field}"\\s*:\\s*"${key.replace(/[-_]/g, "\\$&")}"`);
+  return text.replace(member, `"${field}":"<issued>"`);
 }
 
 /**
