@@ -98,7 +98,15 @@ function signalOf(err: unknown): Signal | null {
   }
   // resend: `{ name, message, statusCode }`; on Keybrake's refusals `name` is its error type.
   if (typeof e.name === "string" && "statusCode" in e && !(err instanceof Error)) {
-    return { status: e.statusCode ?? undefined, keybrakeType: e.name === "cap_exhausted" ? e.name : undefined, network: e.statusCode == null };
+    // With no status, resend's `application_error` is its word for a failed fetch.
+    const network = e.statusCode == null && e.name === "application_error";
+    return { status: e.statusCode ?? undefined, keybrakeType: e.name === "cap_exhausted" ? e.name : undefined, network };
+  }
+  // resend's whole answer, `{ data, error, headers }`.
+  if ("data" in e && "error" in e && e.error) {
+    const answer = fromHeaders(e.headers);
+    const error = signalOf(e.error) ?? {};
+    return { ...error, keybrakeType: answer.keybrakeType ?? error.keybrakeType, capHitHeader: answer.capHitHeader, shouldRetry: answer.shouldRetry };
   }
   // An axios error (twilio-node) or anything else carrying a response.
   if (e.response && typeof e.response === "object") {
