@@ -65,3 +65,7 @@ function build(name) {
 
 const names = process.argv.slice(2);
 for (const name of names.length ? names : ["client", "inngest"]) build(name);
+// The Inngest example imports the packages by name, as a user's project would.
+const example = join(PACKAGES, "../examples/inngest/node_modules");
+link(join(example, "keybrake"), "../../../packages/client");
+link(join(example, "@keybrake/inngest"), "../../../../packages/inngest");

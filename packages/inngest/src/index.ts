@@ -30,6 +30,8 @@ export interface KeybrakeMiddlewareOptions {
   key: (ctx: Context.Any, fn: { id: string }) => RunKeySpec | null;
   /** The run's label on its keys and audit rows. Default the run id; it must be unique per run. */
   label?: (ctx: Context.Any) => string;
+  /** Options for each SDK's constructor, e.g. `{ stripe: { maxNetworkRetries: 0 } }`. */
+  sdkOptions?: { stripe?: Record<string, unknown>; twilio?: Record<string, unknown>; resend?: Record<string, unknown> };
 }
 
 /** A vault key and the vendor SDKs that use it. */
@@ -68,13 +70,13 @@ export function keybrakeMiddleware(options: KeybrakeMiddlewareOptions) {
     return {
       key,
       get stripe() {
-        return once("stripe", () => keybrakeClient().stripeFor(key));
+        return once("stripe", () => keybrakeClient().stripeFor(key, options.sdkOptions?.stripe));
       },
       get twilio() {
-        return once("twilio", () => keybrakeClient().twilioFor(key));
+        return once("twilio", () => keybrakeClient().twilioFor(key, options.sdkOptions?.twilio));
       },
       get resend() {
-        return once("resend", () => keybrakeClient().resendFor(key));
+        return once("resend", () => keybrakeClient().resendFor(key, options.sdkOptions?.resend));
       },
     };
   };

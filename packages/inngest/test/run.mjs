@@ -8,7 +8,14 @@
 import { InngestTestEngine, mockCtx } from "@inngest/test";
 import { NonRetriableError } from "inngest";
 
-export async function runWithRetries(fn, event, { runId, maxAttempts = 3, pauseMs = 200, afterAttempt } = {}) {
+/**
+ * @param {any} fn the Inngest function
+ * @param {{ name: string, data: any }} event
+ * @param {{ runId: string, maxAttempts?: number, pauseMs?: number,
+ *   afterAttempt?: (attempt: number, outcome: { result?: any, error?: any }) => unknown }} options
+ * @returns {Promise<{ attempts: number, result?: any, error?: any, steps: string[] }>}
+ */
+export async function runWithRetries(fn, event, { runId, maxAttempts = 3, pauseMs = 200, afterAttempt }) {
   const memo = new Map();
   const failedForGood = new Map(); // step id -> its error, replayed as a throw
   let lastFailedStep = null;
