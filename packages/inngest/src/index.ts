@@ -60,7 +60,8 @@ export function keybrakeMiddleware(options: KeybrakeMiddlewareOptions) {
   const keybrakeClient = (): Keybrake => {
     if (client) return client;
     const given = typeof options.keybrake === "function" ? options.keybrake() : options.keybrake;
-    return (client = given instanceof Keybrake ? given : new Keybrake(given));
+    // By shape, not instanceof: the user's Keybrake may come from the other (ESM/CJS) build.
+    return (client = typeof (given as Keybrake).keys?.issue === "function" ? (given as Keybrake) : new Keybrake(given as KeybrakeOptions));
   };
   const labelOf = options.label ?? ((ctx: Context.Any) => ctx.runId);
 
