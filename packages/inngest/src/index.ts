@@ -7,7 +7,7 @@
 //   only burns attempts (and, with a budget gateway, thousands of refused calls a day).
 // - When the run ends, succeeded or failed for good, its keys are revoked.
 import { Middleware, NonRetriableError, type Context } from "inngest";
-import { Keybrake, isCapHit, type IssuedChildKey, type IssuedKey, type KeybrakeOptions, type NewChildKey, type NewKey } from "keybrake";
+import { Keybrake, isCapHit, isRetryable, type IssuedChildKey, type IssuedKey, type KeybrakeOptions, type NewChildKey, type NewKey } from "keybrake";
 import type StripeSdk from "stripe";
 import type { Twilio } from "twilio";
 import type { Resend } from "resend";
@@ -127,7 +127,8 @@ export function keybrakeMiddleware(options: KeybrakeMiddlewareOptions) {
     override async wrapFunctionHandler({ ctx, fn, next }: Middleware.WrapFunctionHandlerArgs) {
       const spec = options.key(ctx as Context.Any, { id: fn.id() });
       if (spec) {
-        const key = (await ctx.step.run(ISSUE_STEP, () => keybrakeClient().keys.issue({ ...spec, agent_run_label: this.#label }))) as IssuedKey;
+        const body = { ...spec, agent_run_label: this.#label };
+        const key = (await ctx.step.run(ISSUE_STEP, () => issueRunKey(keybrakeClient(), body))) as IssuedKey;
         this.#run = clientsFor(key);
       }
       try {
@@ -163,24 +164,39 @@ export function keybrakeMiddleware(options: KeybrakeMiddlewareOptions) {
       const key = this.#run?.key;
       if (!key) return;
       try {
-        await keybrakeClient().keys.revokeRun(this.#label);
+        await revokeRunOrKey(keybrakeClient(), this.#label, key.key_id);
       } catch (err) {
-        const type = (err as { type?: string }).type;
-        try {
-          if (type !== "method_not_allowed" && type !== "not_found") throw err;
-          await keybrakeClient().keys.revoke(key.key_id);
-        } catch (err) {
-          this.client.logger.error({ err, key_id: key.key_id }, "keybrake: could not revoke the run's vault key");
-        }
+        this.client.logger.error({ err, key_id: key.key_id }, "keybrake: could not revoke the run's vault key");
       }
     }
   };
 }
 
+async function revokeRunOrKey(keybrake: Keybrake, label: string, keyId: string): Promise<void> {
+  try {
+    await keybrake.keys.revokeRun(label);
+  } catch (err) {
+    // A Keybrake from before the run route: revoke the run's key alone.
+    const type = (err as { type?: string }).type;
+    if (type !== "method_not_allowed" && type !== "not_found") throw err;
+    await keybrake.keys.revoke(keyId);
+  }
+}
+
+/** Issues the run's key; a refusal (a bad spec, a wrong token) will not get better by retrying. */
+async function issueRunKey(keybrake: Keybrake, body: NewKey): Promise<IssuedKey> {
+  try {
+    return await keybrake.keys.issue(body);
+  } catch (err) {
+    if (isRetryable(err)) throw err;
+    throw new NonRetriableError(`keybrake: could not issue the run's vault key: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 /** A cap hit, as the NonRetriableError that ends the run; anything else unchanged. */
 function finalIfCapHit(err: unknown): unknown {
   if (!isCapHit(err) || (err as Error)?.name === "NonRetriableError") return err;
-  return new NonRetriableError("Keybrake: the run's vault key has spent its daily cap; the run stops here instead of retrying", { cause: err });
+  return new NonRetriableError("keybrake: the run's vault key has spent its daily cap; the run stops here instead of retrying", { cause: err });
 }
 
 export { isCapHit };

@@ -143,6 +143,20 @@ test("a cap hit outside any step ends the run too", async () => {
   assert.ok(out.error instanceof NonRetriableError || out.error.name === "NonRetriableError");
 });
 
+test("a key Keybrake refuses ends the run at once; a function without a key is told so", async () => {
+  const refused = app(() => ({ vendor: "stripe", daily_usd_cap: 1, allowed_endpoints: ["POST /v1/payment_intents"], expires_in: "99d" }));
+  const fn = refused.createFunction({ id: "refused", retries: 2, triggers: [{ event: "billing/run" }] }, async () => "never");
+  const out = await runWithRetries(fn, event([]), { runId: runId("refused") });
+  assert.equal(out.error?.name, "NonRetriableError");
+  assert.match(out.error.message, /could not issue the run's vault key: .*400 invalid_request/);
+  assert.equal(out.attempts, 1);
+
+  const none = app(() => null);
+  const keyless = none.createFunction({ id: "keyless", triggers: [{ event: "billing/run" }] }, async ({ keybrake: kbTools }) => kbTools.stripe);
+  const bare = await runWithRetries(keyless, event([]), { runId: runId("keyless"), maxAttempts: 1 });
+  assert.match(bare.error?.message ?? "", /this function has no vault key/);
+});
+
 after(async () => {
   await kb?.close();
   const unexpected = logged.filter((l) => !/^Inngest (step|function) error: (Error|NonRetriableError)$/.test(l));
