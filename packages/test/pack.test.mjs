@@ -61,7 +61,7 @@ test("the tarballs hold both builds with their types, and no sources or tests", 
   assert.ok(tarballs.keybrake.files.some((f) => f.path === "dist/esm/load-peer.js"));
 });
 
-test("a user's TypeScript type-checks against the installed packages", () => {
+test("a user's TypeScript, ES module and CommonJS, type-checks against the installed packages", () => {
   writeFileSync(
     join(project, "check.ts"),
     `import { Inngest } from "inngest";
@@ -84,8 +84,18 @@ export const fn = inngest.createFunction({ id: "f", triggers: [{ event: "e" }] }
 });
 `,
   );
+  // And from CommonJS, which reads the dist/cjs declarations.
+  writeFileSync(
+    join(project, "check-cjs.cts"),
+    `import kb = require("keybrake");
+import mw = require("@keybrake/inngest");
+const client = new kb.Keybrake({ baseUrl: "http://127.0.0.1:8787" });
+export const capHit: boolean = kb.isCapHit(null) || kb.isRetryable(client);
+export const middleware: typeof mw.keybrakeMiddleware = mw.keybrakeMiddleware;
+`,
+  );
   const tsc = join(project, "node_modules/.bin/tsc");
-  const args = ["--noEmit", "--strict", "--skipLibCheck", "--target", "es2022", "--module", "nodenext", "--types", "node", "check.ts"];
+  const args = ["--noEmit", "--strict", "--skipLibCheck", "--target", "es2022", "--module", "nodenext", "--types", "node", "check.ts", "check-cjs.cts"];
   try {
     run(tsc, args, { cwd: project });
   } catch (err) {
