@@ -1,14 +1,11 @@
 // The billing agent run by the real inngest SDK through @inngest/test, against the local
-// Keybrake Worker with a recording Stripe fake.
-//
-// @inngest/test runs one attempt at a time; Inngest's retries are modelled here the way
-// Inngest performs them: the same run id, a pause before each retry, and every step that
-// already succeeded replayed from memo instead of run again.
+// Keybrake Worker with a recording Stripe fake. Inngest's retries, and its last invocation
+// after a step fails for good, are modelled by the packages' runner (see run.mjs there).
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
-import { InngestTestEngine, mockCtx } from "@inngest/test";
 import { billingAgent, inngest, type BillingEvent } from "./billing-agent";
 import { startKeybrake, ADMIN_KEY } from "../../tests/e2e/harness.mjs";
+import { runWithRetries } from "../../packages/inngest/test/run.mjs";
 
 type Keybrake = Awaited<ReturnType<typeof startKeybrake>>;
 let kb: Keybrake;
@@ -29,6 +26,7 @@ const EXPECTED_STEP_ERRORS = new Set([
   "Inngest step error: StripeAPIError", // the lost answer (500), and a retry while it settles (409)
   "Inngest step error: StripeRateLimitError",
   "Inngest step error: NonRetriableError", // the cap hit
+  "Inngest function error: NonRetriableError", // ... which ends the run
 ]);
 let logged: string[] = [];
 const loggedInFile: string[] = [];
@@ -55,41 +53,13 @@ interface RunOutcome {
 }
 
 /** Runs the function until it succeeds, fails for good, or uses up its 1 + 3 attempts. */
-async function runWithRetries(data: BillingEvent, runId: string, maxAttempts = 4): Promise<RunOutcome> {
-  const memo = new Map<string, unknown>();
-  const engine = new InngestTestEngine({
-    function: billingAgent,
-    events: [{ name: "billing/subscription.process", data }],
-    transformCtx: (ctx) => {
-      const mocked = mockCtx(ctx) as typeof ctx;
-      const run = mocked.step.run;
-      // Remember each step that succeeds, as Inngest's memoization does.
-      const memoizingRun = (id: string, fn: () => unknown) =>
-        run(id, async () => {
-          const value = await fn();
-          memo.set(id, value);
-          return value;
-        });
-      return { ...mocked, runId, step: { ...mocked.step, run: memoizingRun } } as typeof ctx;
-    },
-  });
-  let outcome: RunOutcome = { attempts: 0 };
-  for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-    // Inngest waits before a retry (seconds, with backoff); a short pause keeps that order of
-    // events: the failed attempt's calls have been settled by the time the retry arrives.
-    if (attempt > 1) await new Promise((r) => setTimeout(r, 300));
-    const steps = [...memo].map(([id, value]) => ({ id, handler: () => value }));
-    const { result, error } = (await engine.execute({ steps })) as { result?: RunOutcome["result"]; error?: RunOutcome["error"] };
-    outcome = { attempts: attempt, result, error };
-    if (!error || error.name === "NonRetriableError") break;
-  }
-  return outcome;
-}
+const run = (data: BillingEvent, runId: string): Promise<RunOutcome> =>
+  runWithRetries(billingAgent, { name: "billing/subscription.process", data }, { runId, maxAttempts: 4, pauseMs: 300 });
 
 async function keysIssuedFor(runId: string): Promise<number> {
   const row = await kb.db
     .prepare("SELECT COUNT(*) AS n FROM vault_keys WHERE agent_run_label = ?")
-    .bind(`inngest/billing/subscription.process/${runId}`)
+    .bind(runId) // the middleware labels a run's keys with its run id
     .first<{ n: number }>();
   return row?.n ?? 0;
 }
@@ -103,7 +73,7 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
   kb.stripe.misbehave(500);
   kb.stripe.misbehave(undefined);
   kb.stripe.misbehave(429);
-  const outcome = await runWithRetries({ plan_id: "pro", budget_usd: 10, customers: customers(4, 150) }, runId);
+  const outcome = await run({ plan_id: "pro", budget_usd: 10, customers: customers(4, 150) }, runId);
 
   assert.equal(outcome.error, undefined, JSON.stringify(outcome.error));
   assert.equal(outcome.result?.charged, 4);
@@ -117,8 +87,8 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
   assert.equal(state.spent_usd, 6);
 
   const audit = await kb.auditUntil({ key_id: outcome.result!.keyId }, (p: { count: number }) => p.count >= 6);
-  const label = `inngest/billing/subscription.process/${runId}`;
-  assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === label), "the run label is on every row");
+  assert.ok(audit.calls.every((c: { agent_run_label: string }) => c.agent_run_label === runId), "the run label is on every row");
+  assert.equal(state.status, "revoked", "revoked when the run succeeded");
   assert.equal(audit.total_usd, 6);
   assert.ok(logged.includes("Inngest step error: StripeAPIError"), "the lost answer failed a step");
   assert.ok(logged.includes("Inngest step error: StripeRateLimitError"), "the 429 failed a step");
@@ -126,18 +96,19 @@ test("retries reuse the run's one vault key, and spend stays exact across them",
 
 test("a cap hit ends the run without retries", async () => {
   const runId = `01JCAP${Date.now()}`;
-  const outcome = await runWithRetries({ plan_id: "pro", budget_usd: 3, customers: customers(5, 100) }, runId);
+  const outcome = await run({ plan_id: "pro", budget_usd: 3, customers: customers(5, 100) }, runId);
   assert.equal(outcome.error?.name, "NonRetriableError", JSON.stringify(outcome));
-  assert.match(outcome.error?.message ?? "", /cap exhausted/);
+  assert.match(outcome.error?.message ?? "", /spent its daily cap/);
   assert.equal(outcome.attempts, 1, "no retry after the cap hit");
   assert.equal(await keysIssuedFor(runId), 1);
   const charged = kb.stripe.charges.reduce((sum, c) => sum + c.amount, 0);
   assert.ok(charged <= 300, `never past the $3 cap: ${charged}`);
   const keyId = (await kb.db
     .prepare("SELECT key_id FROM vault_keys WHERE agent_run_label = ?")
-    .bind(`inngest/billing/subscription.process/${runId}`)
+    .bind(runId)
     .first<{ key_id: string }>())!.key_id;
   const state = await kb.settled({ key_id: keyId });
   assert.equal(state.spent_usd * 100, charged);
+  assert.equal(state.status, "revoked", "revoked when the run failed for good");
   assert.ok(logged.includes("Inngest step error: NonRetriableError"), "the cap hit ended the run");
 });

@@ -1,10 +1,8 @@
-// The billing agent from Keybrake's product story, written with the helper: the run's vault
-// key is issued once, every charge goes through Keybrake, and a cap hit ends the run.
+// The billing agent from Keybrake's product story, on the packages: the middleware issues the
+// run's vault key, hands the handler a Stripe client that uses it, ends the run on a cap hit
+// and revokes the key when the run ends.
 import { Inngest } from "inngest";
-import type Stripe from "stripe";
-import { guarded, issueVaultKey, keybrakeFromEnv, stripeFor } from "./keybrake";
-
-export const inngest = new Inngest({ id: "billing-app" });
+import { keybrakeMiddleware } from "@keybrake/inngest";
 
 export interface Customer {
   id: string;
@@ -18,36 +16,39 @@ export interface BillingEvent {
   customers: Customer[];
 }
 
+export const inngest = new Inngest({
+  id: "billing-app",
+  middleware: [
+    keybrakeMiddleware({
+      keybrake: () => ({ baseUrl: process.env.KEYBRAKE_URL!, token: process.env.KEYBRAKE_API_KEY }),
+      key: ({ event }) => ({
+        vendor: "stripe",
+        daily_usd_cap: (event.data as BillingEvent).budget_usd ?? 300,
+        allowed_endpoints: ["POST /v1/payment_intents"],
+        expires_in: "2h",
+      }),
+      // Inngest retries the step; stripe-node need not retry inside it as well.
+      sdkOptions: { stripe: { maxNetworkRetries: 0 } },
+    }),
+  ],
+});
+
 export const billingAgent = inngest.createFunction(
   { id: "billing-agent", retries: 3, triggers: [{ event: "billing/subscription.process" }] },
-  async ({ event, step, runId }) => {
-    const data = event.data as BillingEvent;
-    const keybrake = keybrakeFromEnv();
-
-    const key = await issueVaultKey(step, keybrake, {
-      vendor: "stripe",
-      daily_usd_cap: data.budget_usd ?? 300,
-      allowed_endpoints: ["POST /v1/payment_intents"],
-      expires_in: "2h",
-      agent_run_label: `inngest/${event.name}/${runId}`,
-    });
-
-    const customers = (await step.run("fetch-customers", async () => data.customers)) as Customer[];
-
-    const stripe = stripeFor(key, keybrake, { maxNetworkRetries: 0 });
+  async ({ event, step, runId, keybrake }) => {
+    const customers = (await step.run("fetch-customers", async () => (event.data as BillingEvent).customers)) as Customer[];
     const charges = await Promise.all(
       customers.map((customer) =>
-        step.run(`charge-${customer.id}`, () =>
-          guarded(() =>
-            stripe.paymentIntents.create(
-              { amount: customer.amount_cents, currency: "usd", customer: customer.id },
-              // Stable across retries: a retried step cannot charge twice.
-              { idempotencyKey: `${runId}-${customer.id}` },
-            ),
-          ).then((intent: Stripe.PaymentIntent) => ({ id: intent.id, amount: intent.amount })),
-        ),
+        step.run(`charge-${customer.id}`, async () => {
+          const intent = await keybrake.stripe.paymentIntents.create(
+            { amount: customer.amount_cents, currency: "usd", customer: customer.id },
+            // Stable across retries: a retried step cannot charge twice.
+            { idempotencyKey: `${runId}-${customer.id}` },
+          );
+          return { id: intent.id, amount: intent.amount };
+        }),
       ),
     );
-    return { charged: charges.length, keyId: key.keyId };
+    return { charged: charges.length, keyId: keybrake.key.key_id };
   },
 );
