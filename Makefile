@@ -62,9 +62,8 @@ packages-build: tools
 	node packages/build.mjs
 
 # Their tests, against the built Worker with the real SDKs; pack.test.mjs installs the packed
-# tarballs into a fresh project. lineage.test.mjs needs the child-key, run-revoke and issuer
-# routes, and is not run here yet.
-PACKAGE_TESTS := $(filter-out %/lineage.test.mjs,$(sort $(wildcard packages/*/test/*.test.mjs packages/test/*.test.mjs)))
+# tarballs into a fresh project.
+PACKAGE_TESTS := $(sort $(wildcard packages/*/test/*.test.mjs packages/test/*.test.mjs))
 packages: build packages-build
 	node --test --test-concurrency=1 $(PACKAGE_TESTS)
 

@@ -3,7 +3,7 @@
 // after a step fails for good, are modelled by the packages' runner (see run.mjs there).
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
-import { billingAgent, inngest, type BillingEvent } from "./billing-agent";
+import { billingAgent, billingFanOut, inngest, type BillingEvent } from "./billing-agent";
 import { startKeybrake, ADMIN_KEY } from "../../tests/e2e/harness.mjs";
 import { runWithRetries } from "../../packages/inngest/test/run.mjs";
 
@@ -111,4 +111,23 @@ test("a cap hit ends the run without retries", async () => {
   assert.equal(state.spent_usd * 100, charged);
   assert.equal(state.status, "revoked", "revoked when the run failed for good");
   assert.ok(logged.includes("Inngest step error: NonRetriableError"), "the cap hit ended the run");
+});
+
+test("fan-out: customer runs on child keys stay within the plan run's cap together", async () => {
+  const runId = `01JFAN${Date.now()}`;
+  // $5 for the plan; three customers may spend up to $2 each: together they could pass it.
+  const data = { plan_id: "pro", budget_usd: 5, budget_per_customer_usd: 2, customers: customers(3, 200) };
+  const outcome = await runWithRetries(billingFanOut, { name: "billing/plan.fan-out", data }, { runId, maxAttempts: 4, pauseMs: 300 });
+  assert.equal(outcome.error, undefined, JSON.stringify(outcome.error));
+  assert.deepEqual(outcome.result, { charged: 2, refused: 1 });
+  assert.equal(kb.stripe.charges.length, 2, "two $2 charges fit the $5 plan cap; the third does not");
+  type Row = { key_id: string; parent_key_id: string | null; revoked_at_ms: number | null };
+  const rows = (await kb.db
+    .prepare("SELECT key_id, parent_key_id, revoked_at_ms FROM vault_keys WHERE agent_run_label = ? ORDER BY key_id")
+    .bind(runId)
+    .all()) as { results: Row[] };
+  const [plan, ...children] = rows.results;
+  assert.equal(children.length, 3);
+  assert.ok(children.every((c) => c.parent_key_id === plan.key_id));
+  assert.ok(rows.results.every((r) => r.revoked_at_ms !== null), "the plan run's end revoked its key and every child");
 });

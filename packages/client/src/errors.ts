@@ -33,6 +33,8 @@ export class KeybrakeError extends Error {
 
 /** Keybrake's refusals that may succeed later; every other one is final. */
 const RETRYABLE_TYPES = new Set<string>(["idempotency_in_flight", "vendor_unreachable", "internal_error"]);
+/** Keybrake's cap hits: a key's (or a parent's) cap, and an issuer's budget. */
+const CAP_TYPES = new Set<string>(["cap_exhausted", "budget_exhausted"]);
 /** Node's and undici's names for a connection that failed or dropped. */
 const NETWORK_CODES = new Set([
   "ECONNRESET",
@@ -135,7 +137,7 @@ function* chain(err: unknown): Generator<unknown> {
 export function isCapHit(err: unknown): boolean {
   for (const e of chain(err)) {
     const s = signalOf(e);
-    if (s && (s.capHitHeader || s.keybrakeType === "cap_exhausted")) return true;
+    if (s && (s.capHitHeader || CAP_TYPES.has(s.keybrakeType ?? ""))) return true;
   }
   return false;
 }
@@ -150,7 +152,7 @@ export function isRetryable(err: unknown): boolean {
   for (const e of chain(err)) {
     const s = signalOf(e);
     if (!s) continue;
-    if (s.capHitHeader || s.keybrakeType === "cap_exhausted") return false;
+    if (s.capHitHeader || CAP_TYPES.has(s.keybrakeType ?? "")) return false;
     if (s.keybrakeType) return RETRYABLE_TYPES.has(s.keybrakeType);
     if (s.shouldRetry !== undefined) return s.shouldRetry;
     if (s.network) return true;

@@ -156,31 +156,19 @@ export function keybrakeMiddleware(options: KeybrakeMiddlewareOptions) {
     }
 
     /**
-     * Revokes every key of the run (children included) by its label; a Keybrake without that
-     * route gets the run key revoked by id. Revoking is idempotent, so a repeat is harmless;
-     * a failure is logged, and the key still ends at its TTL.
+     * Revokes the run's key, and with it every child key minted from it. Revoking is
+     * idempotent, so a repeat is harmless; a failure is logged, and the key still ends at its TTL.
      */
     async #revoke() {
       const key = this.#run?.key;
       if (!key) return;
       try {
-        await revokeRunOrKey(keybrakeClient(), this.#label, key.key_id);
+        await keybrakeClient().keys.revoke(key.key_id);
       } catch (err) {
         this.client.logger.error({ err, key_id: key.key_id }, "keybrake: could not revoke the run's vault key");
       }
     }
   };
-}
-
-async function revokeRunOrKey(keybrake: Keybrake, label: string, keyId: string): Promise<void> {
-  try {
-    await keybrake.keys.revokeRun(label);
-  } catch (err) {
-    // A Keybrake from before the run route: revoke the run's key alone.
-    const type = (err as { type?: string }).type;
-    if (type !== "method_not_allowed" && type !== "not_found") throw err;
-    await keybrake.keys.revoke(keyId);
-  }
 }
 
 /** Issues the run's key; a refusal (a bad spec, a wrong token) will not get better by retrying. */

@@ -1,7 +1,6 @@
-// Child keys, revoking a run, and issuers: the client and the middleware against the routes
-// of issue 10 (`POST /vault/keys/{id}/children`, `DELETE /vault/keys?agent_run_label=`,
-// `/vault/issuers`, `GET /vault/audit?issuer_id=`). Not run by `make packages` until the
-// Worker has those routes.
+// Child keys, revoking a run, and issuers: the client and the middleware against
+// `POST /vault/keys/{id}/children`, `DELETE /vault/keys?agent_run_label=`, `/vault/issuers` and
+// `GET /vault/audit?issuer_id=`.
 import { test, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { Inngest } from "inngest";
@@ -28,7 +27,7 @@ test("a child key spends inside its own cap and its parent's", async () => {
   // An agent holding only the parent's vault key can mint children: no admin token.
   const agent = new Keybrake({ baseUrl: kb.url });
   const child = await agent.keys.children(parent, { daily_usd_cap: 2 });
-  assert.match(child.vault_key, /^kb_stripe_[0-9a-f]{64}_/);
+  assert.match(child.vault_key, /^kb_stripe_[0-9a-f]{64}-[1-9][0-9]*_/);
   assert.equal(child.parent_key_id, parent.key_id);
   assert.notEqual(child.key_id, parent.key_id);
   assert.deepEqual(child.allowed_endpoints, [PI], "the parent's endpoints by default");
@@ -106,15 +105,16 @@ test("fan-out: the middleware's child keys are revoked with the run", async () =
     middleware: [keybrakeMiddleware({ keybrake: root, key: () => ({ vendor: "stripe", daily_usd_cap: 5, allowed_endpoints: [PI] }) })],
   });
   const fn = inngest.createFunction({ id: "fan-out", triggers: [{ event: "e" }] }, async ({ step, keybrake }) => {
-    const ids = await Promise.all(
-      ["cus_1", "cus_2"].map(async (customer) => {
-        const child = await keybrake.child(customer, { daily_usd_cap: 1 });
-        return step.run(`charge-${customer}`, async () => {
+    const ids = [];
+    for (const customer of ["cus_1", "cus_2"]) {
+      const child = await keybrake.child(customer, { daily_usd_cap: 1 });
+      ids.push(
+        await step.run(`charge-${customer}`, async () => {
           const intent = await child.stripe.paymentIntents.create({ amount: 80, currency: "usd" });
           return { intent: intent.id, key: child.key.key_id, parent: child.key.parent_key_id };
-        });
-      }),
-    );
+        }),
+      );
+    }
     return { ids, parent: keybrake.key.key_id };
   });
   const runId = `01JFANOUT${Date.now()}`;

@@ -18,7 +18,8 @@ import { NonRetriableError } from "inngest";
 export async function runWithRetries(fn, event, { runId, maxAttempts = 3, pauseMs = 200, afterAttempt }) {
   const memo = new Map();
   const failedForGood = new Map(); // step id -> its error, replayed as a throw
-  let lastFailedStep = null;
+  let failedSteps = new Map(); // step id -> its error, in the attempt under way
+  const pending = new Set(); // step handlers still running
   const attempts = [];
   const execute = (attempt) => {
     const engine = new InngestTestEngine({
@@ -29,31 +30,52 @@ export async function runWithRetries(fn, event, { runId, maxAttempts = 3, pauseM
         const run = mocked.step.run;
         const memoizing = (id, handler) => {
           if (failedForGood.has(id)) return Promise.reject(failedForGood.get(id));
-          return run(id, async () => {
-            try {
-              const value = await handler();
-              memo.set(id, value);
-              return value;
-            } catch (err) {
-              lastFailedStep = id;
-              throw err;
-            }
+          return run(id, () => {
+            const step = (async () => {
+              try {
+                const value = await handler();
+                memo.set(id, value);
+                return value;
+              } catch (err) {
+                failedSteps.set(id, err);
+                throw err;
+              }
+            })();
+            pending.add(step);
+            step.then(() => pending.delete(step), () => pending.delete(step));
+            return step;
           });
         };
-        return { ...mocked, runId, attempt, maxAttempts, step: { ...mocked.step, run: memoizing } };
+        // `step.invoke` runs the invoked function as a run of its own, with this runner, and
+        // is memoized like any step.
+        const invoke = (id, { function: invoked, data }) =>
+          memoizing(id, async () => {
+            const child = await runWithRetries(invoked, { name: "inngest/function.invoked", data }, { runId: `${runId}-${id}`, maxAttempts, pauseMs });
+            // An invoked run that failed for good fails the invoking step for good too.
+            if (child.error) throw child.error.name === "NonRetriableError" ? new NonRetriableError(child.error.message) : child.error;
+            return child.result;
+          });
+        return { ...mocked, runId, attempt, maxAttempts, step: { ...mocked.step, run: memoizing, invoke } };
       },
     });
     const steps = [...memo].map(([id, value]) => ({ id, handler: () => value }));
-    return engine.execute({ steps });
+    // The engine returns at the first failed step; Inngest would still get the result of every
+    // parallel step already running, so wait for them before the next request.
+    return engine.execute({ steps }).then(async (outcome) => {
+      while (pending.size > 0) await Promise.allSettled([...pending]);
+      return outcome;
+    });
   };
   for (let attempt = 0; attempt < maxAttempts; attempt++) {
     // Inngest waits before a retry; a pause keeps that order: the failed attempt's calls have
     // settled by the time the retry arrives.
     if (attempt > 0) await new Promise((r) => setTimeout(r, pauseMs));
-    lastFailedStep = null;
+    failedSteps = new Map();
     let { result, error } = await execute(attempt);
-    if (error?.name === "NonRetriableError" && lastFailedStep) {
-      failedForGood.set(lastFailedStep, new NonRetriableError(error.message));
+    if (error?.name === "NonRetriableError" && failedSteps.size > 0) {
+      // The attempt ended for good: every step that failed in it (parallel steps can fail
+      // side by side) throws its error when the function is invoked the last time.
+      for (const id of failedSteps.keys()) failedForGood.set(id, new NonRetriableError(error.message));
       ({ result, error } = await execute(attempt));
     }
     attempts.push({ result, error });
