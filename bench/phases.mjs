@@ -219,6 +219,88 @@ export async function sameKeyBurst(ctx) {
 // ---------------------------------------------------------------------------------------------
 // 3. Many-key throughput: the same load spread evenly over many keys, none near its cap.
 
+/**
+ * The same burst spread over child keys: `children` keys minted from one parent whose cap
+ * admits exactly `admits` calls, each child able to spend more than its share. Every call
+ * checks its own cap and the parent's in the parent's object: exactly `admits` may pass.
+ */
+export async function childBurst(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, admits, amountCents } = cfg.burst;
+  const { children: childCount } = cfg.childBurst;
+  const capUsd = (admits * amountCents) / 100;
+  const childCapUsd = Math.ceil(calls / childCount) * (amountCents / 100);
+  const label = "bench/child-burst";
+  const parent = await ctx.issueKey({ daily_usd_cap: capUsd, agent_run_label: label });
+  const minted = await boundedPool(childCount, 8, ctx.deadline(cfg.budgets.manyKeysSetup), async () => {
+    const res = await timedRequest(ctx.url, {
+      method: "POST",
+      path: `/vault/keys/${parent.key_id}/children`,
+      headers: { authorization: `Bearer ${parent.vault_key}`, "content-type": "application/json" },
+      body: JSON.stringify({ daily_usd_cap: childCapUsd }),
+    });
+    if (res.status !== 201) throw new Error(`minting a child answered ${res.status}: ${res.body}`);
+    return JSON.parse(res.body);
+  });
+  checks.check(`child burst: ${childCount} children minted`, minted.done === childCount, `${minted.done} minted`);
+  const children = minted.results;
+
+  const agent = keepAliveAgent(calls);
+  await openConnections(ctx, agent, calls);
+  await ctx.fake.reset();
+  const body = `amount=${amountCents}&currency=usd`;
+  ctx.cpu?.start();
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: calls }, (_, i) =>
+      attempt(paymentIntent(ctx.url, agent, children[i % children.length].vault_key, body)),
+    ),
+  );
+  const wallMs = performance.now() - started;
+  const cpu = ctx.cpu?.stop();
+  agent.destroy();
+
+  const forwarded = await forwardedAtFake(ctx);
+  const ok = results.filter((r) => r.status === 200).length;
+  const capHit = results.filter((r) => r.status === 429 && r.headers["x-keybrake-cap-hit"] === "true").length;
+  const exact = forwarded === admits;
+  checks.check(`child burst: exactly ${admits} of ${calls} calls over ${childCount} children reached the vendor`, exact, `${forwarded} counted at the fake`);
+  checks.check(
+    `child burst: ${admits} answered 200 and ${calls - admits} answered 429 with x-keybrake-cap-hit`,
+    ok === admits && capHit === calls - admits,
+    statusTally(results),
+  );
+  const state = await ctx.admin("GET", `/vault/keys/${parent.key_id}`);
+  checks.check(
+    `child burst: the parent's children spent its $${capUsd} cap, nothing held`,
+    state.json?.descendants_usd === capUsd && state.json?.remaining_usd === 0 && state.json?.reserved_usd === 0,
+    state.body,
+  );
+  // The children carry the parent's label: one audit listing holds every call.
+  const audit = await ctx.auditUntil(label, (page) => page.count >= calls, cfg.budgets.auditDrain);
+  checks.check(
+    `child burst: audit holds ${calls} rows totalling $${capUsd}`,
+    audit?.count === calls && audit?.total_usd === capUsd,
+    audit ? `count ${audit.count}, total_usd ${audit.total_usd}` : "no answer",
+  );
+  return {
+    calls,
+    children: children.length,
+    parent_cap_usd: capUsd,
+    child_cap_usd: childCapUsd,
+    expected_forwarded: admits,
+    forwarded_at_fake: forwarded,
+    exact,
+    ok,
+    cap_hit: capHit,
+    other: calls - ok - capHit,
+    wall_ms: round(wallMs),
+    calls_per_s: round(calls / (wallMs / 1000), 1),
+    latency: answeredLatency(results),
+    ...cpuFigures(cpu, calls, wallMs),
+  };
+}
+
 export async function manyKeys(ctx) {
   const { cfg, checks } = ctx;
   const { calls, keys: keyCount, amountCents } = cfg.manyKeys;

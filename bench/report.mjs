@@ -84,6 +84,14 @@ export function tableRows(r, { judgeSpeed = true } = {}) {
   add("same-key burst", "answers 200 / 429 cap hit / other", slash(B.ok, B.cap_hit, B.other));
   cpu("same-key burst", B);
 
+  const C = r.child_burst;
+  add("child-key burst", `${C.calls} calls at once over ${C.children} children, parent cap $${C.parent_cap_usd}: wall ms`, ms(C.wall_ms));
+  add("child-key burst", "calls/s (ratio to the same-key burst)", `${int(C.calls_per_s)} (${times(C.calls_per_s / B.calls_per_s)})`);
+  add("child-key burst", "p50 / p99 ms", slash(ms(C.latency.p50), ms(C.latency.p99)));
+  add("child-key burst", "forwarded (counted at fake) / admitted by the parent's cap", slash(C.forwarded_at_fake, C.expected_forwarded), "exact", C.exact, "FAIL");
+  add("child-key burst", "answers 200 / 429 cap hit / other", slash(C.ok, C.cap_hit, C.other));
+  cpu("child-key burst", C);
+
   const M = r.many_keys;
   add("many keys", `${M.calls} calls at once over ${M.keys} keys: wall ms`, ms(M.wall_ms));
   add("many keys", "calls/s", int(M.calls_per_s));

@@ -33,6 +33,7 @@ const FULL = {
   warmup: { calls: 300, queries: 100, issues: 30 },
   latency: { warmup: 200, calls: 2_000 },
   burst: { calls: 1_000, admits: 600, amountCents: 100 },
+  childBurst: { children: 100 },
   manyKeys: { calls: 1_000, keys: 100, amountCents: 100 },
   growth: {
     warmup: 10,
@@ -58,6 +59,7 @@ const SMOKE_CFG = {
   warmup: { calls: 20, queries: 5, issues: 3 },
   latency: { warmup: 10, calls: 50 },
   burst: { calls: 100, admits: 60, amountCents: 100 },
+  childBurst: { children: 10 },
   manyKeys: { calls: 100, keys: 10, amountCents: 100 },
   growth: {
     warmup: 2,
@@ -281,6 +283,8 @@ async function main() {
   await ctx.quiesce();
   const burst = await step("same-key burst", () => phases.sameKeyBurst(ctx));
   await ctx.quiesce();
+  const child_burst = await step("child-key burst", () => phases.childBurst(ctx));
+  await ctx.quiesce();
   const many_keys = await step("many keys", () => phases.manyKeys(ctx));
   await ctx.quiesce();
   const idempotency = await step("growth: idempotency keys", () => phases.idempotencyGrowth(ctx));
@@ -288,7 +292,7 @@ async function main() {
   const flood = await step("refused-call flood", () => phases.deniedFlood(ctx));
   const size = { ...phases.wasmSize(join(ROOT, "build/index_bg.wasm")), cold_start_ms: round(kb.coldStartMs) };
 
-  const figures = { latency, burst, many_keys, growth: { audit_query, audit_summary, issue_key, idempotency }, flood, size };
+  const figures = { latency, burst, child_burst, many_keys, growth: { audit_query, audit_summary, issue_key, idempotency }, flood, size };
   for (const [name, value] of Object.entries(figures)) checks.finite(name, value);
 
   const meta = {

@@ -205,9 +205,12 @@ pub struct IssuerState {
     pub keys: u64,
 }
 
-/// `GET /vault/issuers/{id}`, and each entry of the list.
+/// `GET /vault/issuers/{id}`, each entry of the list, and the `201` answer to
+/// `POST /vault/issuers`: the only one with `issuer_token`, shown there once.
 #[derive(Serialize)]
 pub struct IssuerView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_token: Option<&'a str>,
     pub issuer_id: &'a str,
     pub name: &'a str,
     pub status: &'static str,
@@ -233,6 +236,7 @@ impl<'a> IssuerView<'a> {
     /// The view of a configuration alone (a listing), without live figures.
     pub fn of_config(config: &'a IssuerConfig, revoked_at_ms: Option<u64>) -> IssuerView<'a> {
         IssuerView {
+            issuer_token: None,
             issuer_id: &config.issuer_id,
             name: &config.name,
             status: if revoked_at_ms.is_some() { "revoked" } else { "active" },
@@ -259,14 +263,6 @@ impl<'a> IssuerView<'a> {
             ..IssuerView::of_config(&state.config, state.revoked_at_ms)
         }
     }
-}
-
-/// The `201` answer to `POST /vault/issuers`: the only place the issuer token is shown.
-#[derive(Serialize)]
-pub struct IssuedIssuerView<'a> {
-    pub issuer_token: &'a str,
-    #[serde(flatten)]
-    pub issuer: IssuerView<'a>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::core::error::{ProxyError, MIN_ADMIN_KEY_CHARS};
 use crate::core::keys::{
     parse_new_key, parse_refresh, IssuedKeyView, KeyConfig, KeyState, KeyView, MAX_BODY_BYTES, MAX_LABEL_CHARS,
 };
-use crate::core::lineage::{parse_new_issuer, IssuedIssuerView, IssuerConfig, IssuerView};
+use crate::core::lineage::{parse_new_issuer, IssuerConfig, IssuerView};
 use crate::core::lockout::{self, Failure};
 use crate::core::money::Micros;
 use crate::core::token::{
@@ -331,7 +331,7 @@ pub async fn create_issuer(mut req: Request, env: &Env) -> AdminResult {
         .run()
         .await
         .map_err(internal("issuer insert"))?;
-    json(&IssuedIssuerView { issuer_token: &issuer_token, issuer: IssuerView::new(&state) }, 201)
+    json(&IssuerView { issuer_token: Some(&issuer_token), ..IssuerView::new(&state) }, 201)
 }
 
 /// `GET /vault/issuers` (root only): every issuer, from the registry.
