@@ -202,7 +202,6 @@ pub struct IssuerState {
     pub held: Micros,
     /// Keys neither revoked nor expired.
     pub live_keys: u64,
-    pub keys: u64,
 }
 
 /// `GET /vault/issuers/{id}`, each entry of the list, and the `201` answer to

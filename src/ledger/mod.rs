@@ -717,6 +717,16 @@ impl Ledger {
         !self.is_revoked() && now_ms < self.key.config.expires_at_ms
     }
 
+    /// Whether the ledger has nothing left to do and counts for nothing: the key is dead, no
+    /// call of it is open or waiting for a price, and it spent nothing on `day`. Such a ledger
+    /// may leave memory; its object reads it back from storage when it is asked about.
+    pub fn is_settled_and_dead(&self, now_ms: u64, day: u64) -> bool {
+        !self.is_live(now_ms)
+            && self.open.is_empty()
+            && self.reconciling.is_empty()
+            && self.used_on(day).0 == Micros::ZERO
+    }
+
     /// Spent on `day` plus what is held against it, as it counts against the caps above.
     pub fn used_on(&self, day: u64) -> (Micros, Micros) {
         if self.key.day == day {

@@ -37,12 +37,19 @@ pub trait TreeStore {
     type Error;
     type Key: LedgerStore<Error = Self::Error>;
     fn key(&self, key_id: &str) -> Self::Key;
+    /// A key's ledger as stored, for a key no longer kept in memory.
+    fn load_key(&self, key_id: &str) -> Result<Option<Ledger>, Self::Error>;
     fn put_issuer(&self, issuer: &IssuerRecord) -> Result<(), Self::Error>;
     /// How many keys have been minted inside the object: the source of member numbers.
     fn put_members(&self, members: u64) -> Result<(), Self::Error>;
 }
 
 type Answer<T, E> = Result<Result<T, ProxyError>, E>;
+
+/// The most live (unrevoked, unexpired) keys one object holds. Every call sums over the keys in
+/// memory, and a leaked vault key must not be able to mint without end: past this, minting and
+/// issuing are refused until keys are revoked or expire.
+pub const MAX_LIVE_KEYS: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct KeyTree {
@@ -67,6 +74,38 @@ impl KeyTree {
 
     pub fn ledger(&self, key_id: &str) -> Option<&Ledger> {
         self.keys.get(key_id)
+    }
+
+    /// Brings a key back into memory if storage holds it and memory does not (see [`KeyTree::evict`]).
+    pub fn resident<S: TreeStore>(&mut self, store: &S, key_id: &str) -> Result<(), S::Error> {
+        if !self.keys.contains_key(key_id) {
+            if let Some(ledger) = store.load_key(key_id)? {
+                self.keys.insert(key_id.to_string(), ledger);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops from memory the keys that have nothing left to do and count for nothing today
+    /// ([`Ledger::is_settled_and_dead`]); returns how many. A dead key's descendants are dead
+    /// too (a child never outlives its parent), so no live key loses an ancestor.
+    pub fn evict(&mut self, now_ms: u64) -> usize {
+        let day = utc_day(now_ms);
+        let before = self.keys.len();
+        self.keys.retain(|_, l| !l.is_settled_and_dead(now_ms, day));
+        before - self.keys.len()
+    }
+
+    fn live_keys(&self, now_ms: u64) -> usize {
+        self.keys.values().filter(|l| l.is_live(now_ms)).count()
+    }
+
+    fn full(&self, now_ms: u64) -> Option<ProxyError> {
+        (self.live_keys(now_ms) >= MAX_LIVE_KEYS).then(|| {
+            ProxyError::Conflict(format!(
+                "this tree already holds {MAX_LIVE_KEYS} live keys; revoke some, or wait for them to expire"
+            ))
+        })
     }
 
     pub fn ledger_mut(&mut self, key_id: &str) -> Option<&mut Ledger> {
@@ -133,6 +172,9 @@ impl KeyTree {
             Err(e) => return Ok(Err(e)),
         };
         let issuer_id = issuer.config.issuer_id.clone();
+        if let Some(e) = self.full(now_ms) {
+            return Ok(Err(e));
+        }
         let Some(key_id) = self.next_member(store, &issuer_id)? else {
             return Ok(Err(ProxyError::Conflict("this issuer has made as many keys as one object holds".into())));
         };
@@ -151,6 +193,7 @@ impl KeyTree {
         body: &[u8],
         secret_hash: SecretHash,
     ) -> Answer<KeyConfig, S::Error> {
+        self.resident(store, parent_id)?;
         let Some(parent) = self.keys.get(parent_id).filter(|p| p.authenticates(parent_secret.0, parent_secret.1))
         else {
             return Ok(Err(ProxyError::InvalidKey));
@@ -170,6 +213,9 @@ impl KeyTree {
         let parent_config = parent.config().clone();
         // The body is checked before a member number is spent on it.
         if let Err(e) = parse_new_child(body, &parent_config, String::new(), now_ms) {
+            return Ok(Err(e));
+        }
+        if let Some(e) = self.full(now_ms) {
             return Ok(Err(e));
         }
         let Some(key_id) = self.next_member(store, &object_id)? else {
@@ -286,6 +332,7 @@ impl KeyTree {
         key_id: &str,
         call: ReserveCall,
     ) -> Answer<(Admitted, Micros), S::Error> {
+        self.resident(store, key_id)?;
         let headroom = self.headroom(key_id, now_ms);
         let Some(ledger) = self.keys.get_mut(key_id) else {
             return Ok(Err(ProxyError::InvalidKey));
@@ -308,16 +355,23 @@ impl KeyTree {
         key_id: &str,
         call: FinishCall,
     ) -> Result<(), S::Error> {
+        self.resident(store, key_id)?;
         match self.keys.get_mut(key_id) {
             Some(ledger) => ledger.finish(&store.key(key_id), now_ms, call),
             None => Ok(()),
         }
     }
 
-    pub fn state(&mut self, now_ms: u64, key_id: &str, audit_pending: u64) -> Option<KeyState> {
+    pub fn state<S: TreeStore>(
+        &mut self,
+        store: &S,
+        now_ms: u64,
+        key_id: &str,
+        audit_pending: u64,
+    ) -> Result<Option<KeyState>, S::Error> {
+        self.resident(store, key_id)?;
         let descendants = self.descendants_used(key_id, now_ms);
-        let ledger = self.keys.get_mut(key_id)?;
-        Some(KeyState { descendants, ..ledger.state(now_ms, audit_pending) })
+        Ok(self.keys.get_mut(key_id).map(|ledger| KeyState { descendants, ..ledger.state(now_ms, audit_pending) }))
     }
 
     /// Revokes each key and all its descendants. Returns every key revoked by this call or
@@ -330,6 +384,7 @@ impl KeyTree {
     ) -> Result<Vec<String>, S::Error> {
         let mut revoked: Vec<String> = Vec::new();
         for key_id in key_ids {
+            self.resident(store, key_id)?;
             for k in self.subtree(key_id) {
                 if revoked.contains(&k) {
                     continue;
@@ -361,6 +416,7 @@ impl KeyTree {
         key_id: &str,
         ttl_secs: u64,
     ) -> Answer<(), S::Error> {
+        self.resident(store, key_id)?;
         let expires_at_ms = now_ms.saturating_add(ttl_secs.saturating_mul(MS_PER_SEC));
         let parent = self.keys.get(key_id).and_then(|l| l.config().parent_key_id.clone());
         if let Some(parent) = parent.and_then(|p| self.keys.get(&p)) {
@@ -394,8 +450,7 @@ impl KeyTree {
             revoked_at_ms: issuer.revoked_at_ms,
             spent,
             held,
-            live_keys: self.keys.values().filter(|l| l.is_live(now_ms)).count() as u64,
-            keys: self.keys.len() as u64,
+            live_keys: self.live_keys(now_ms) as u64,
         })
     }
 

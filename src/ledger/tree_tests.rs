@@ -25,6 +25,9 @@ impl TreeStore for MemoryTree {
     fn key(&self, key_id: &str) -> Rc<MemoryStore> {
         self.keys.borrow_mut().entry(key_id.to_string()).or_default().clone()
     }
+    fn load_key(&self, key_id: &str) -> Result<Option<Ledger>, Self::Error> {
+        Ok(self.keys.borrow().get(key_id).and_then(|s| s.reload()))
+    }
     fn put_issuer(&self, issuer: &IssuerRecord) -> Result<(), Self::Error> {
         *self.issuer.borrow_mut() = Some(issuer.clone());
         Ok(())
@@ -131,7 +134,7 @@ fn children_spend_against_the_parent_cap_exactly() {
     assert_eq!(admitted, 60);
     // The parent's own call is refused too: its cap counts its descendants.
     assert_eq!(reserve(&mut tree, &store, OBJECT, 0, 1).unwrap_err().cap_scope(), Some(CapScope::Key));
-    let state = tree.state(T0, OBJECT, 0).unwrap();
+    let state = tree.state(&store, T0, OBJECT, 0).unwrap().unwrap();
     assert_eq!((state.descendants, state.remaining()), (Micros(60_000_000), Micros::ZERO));
     // Reloaded from the store, the same limits hold.
     let mut reloaded = store.reload();
@@ -227,4 +230,42 @@ fn an_issuer_budget_holds_across_its_keys_and_its_ceiling_binds() {
     assert!(!tree.authenticates_issuer(&secret(100)));
     assert_eq!(reserve(&mut tree, &store, &keys[1], 2, 1), Err(ProxyError::KeyRevoked));
     assert_eq!(tree.issue(&store, T0, body.as_bytes(), secret(9)).unwrap().unwrap_err(), ProxyError::Unauthorized);
+}
+
+#[test]
+fn dead_keys_leave_memory_and_come_back_when_asked_about() {
+    let store = MemoryTree::default();
+    let mut tree = KeyTree::default();
+    tree.create_root(&store, root_config(50), secret(0)).unwrap().unwrap();
+    let spent = child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":5}"#).unwrap().key_id;
+    let idle = child(&mut tree, &store, OBJECT, 0, 2, r#"{"daily_usd_cap":5}"#).unwrap().key_id;
+    let id = reserve(&mut tree, &store, &spent, 1, 3).unwrap();
+    settle(&mut tree, &store, &spent, id, 3);
+    tree.revoke(&store, T0, &[spent.clone(), idle.clone()]).unwrap();
+    // The idle key goes; the one that spent today still counts against the parent, so stays.
+    assert_eq!(tree.evict(T0), 1);
+    assert!(tree.ledger(&idle).is_none() && tree.ledger(&spent).is_some());
+    assert_eq!(tree.remaining(OBJECT, T0), Micros(47_000_000));
+    // Asked about, the evicted key is read back and answers as before.
+    let state = tree.state(&store, T0, &idle, 0).unwrap().unwrap();
+    assert_eq!(state.status(T0), crate::core::keys::KeyStatus::Revoked);
+    assert_eq!(reserve(&mut tree, &store, &idle, 2, 1), Err(ProxyError::KeyRevoked));
+    // Just past 00:00 UTC nothing of theirs counts: both may go; the live root stays.
+    assert_eq!(tree.evict(T0 + 20 * 3_600_000), 2);
+    assert!(tree.ledger(OBJECT).is_some());
+}
+
+#[test]
+fn a_tree_holds_a_bounded_number_of_live_keys() {
+    let store = MemoryTree::default();
+    let mut tree = KeyTree::default();
+    tree.create_root(&store, root_config(50), secret(0)).unwrap().unwrap();
+    for n in 1..super::tree::MAX_LIVE_KEYS {
+        child(&mut tree, &store, OBJECT, 0, (n % 200) as u8, r#"{"daily_usd_cap":1}"#).unwrap();
+    }
+    let err = child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":1}"#).unwrap_err();
+    assert_eq!(err.kind(), "conflict", "{err:?}");
+    // Revoking frees room.
+    tree.revoke(&store, T0, &[format!("{OBJECT}-1")]).unwrap();
+    assert!(child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":1}"#).is_ok());
 }

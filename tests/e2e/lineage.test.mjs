@@ -213,13 +213,14 @@ test("revoking a parent stops all its descendants: nothing reaches Stripe after 
   const parent = await kb.issueKey({ daily_usd_cap: 300 });
   const child = (await mintChild(parent, { daily_usd_cap: 100 })).json;
   const grandchild = (await mintChild(child, { daily_usd_cap: 50 })).json;
+  const idle = (await mintChild(parent, { daily_usd_cap: 5 })).json; // spends nothing
   const sibling = await kb.issueKey({ daily_usd_cap: 300 });
   const calls = burst([child, grandchild], 60);
   await new Promise((r) => setTimeout(r, 20));
   const revoked = await kb.call("DELETE", `/vault/keys/${parent.key_id}`);
   const atAnswer = chargedAtStripe();
   assert.equal(revoked.status, 200);
-  assert.deepEqual([...revoked.json.revoked_key_ids].sort(), [parent.key_id, child.key_id, grandchild.key_id].sort());
+  assert.deepEqual([...revoked.json.revoked_key_ids].sort(), [parent.key_id, child.key_id, grandchild.key_id, idle.key_id].sort());
   await calls;
   assert.equal(chargedAtStripe(), atAnswer, "nothing reached Stripe after DELETE answered");
   for (const k of [child, grandchild]) {
@@ -229,6 +230,13 @@ test("revoking a parent stops all its descendants: nothing reaches Stripe after 
     assert.equal((await kb.key(k)).status, "revoked");
   }
   assert.equal((await mintChild(child, { daily_usd_cap: 1 })).status, 401, "a revoked key mints nothing");
+  // Once the object's alarm has run (it flushes the burst's audit rows), the idle revoked key,
+  // which counts for nothing, has left memory: it is read back from storage, still revoked.
+  await kb.auditUntil({ key_id: grandchild.key_id }, (p) => p.count > 0 && p.calls.every((c) => c.outcome !== "unknown"));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal((await kb.key(idle)).status, "revoked");
+  assert.equal((await charge(idle.vault_key)).json.error.type, "key_revoked");
+  assert.equal((await mintChild(idle, { daily_usd_cap: 1 })).status, 401);
   assert.equal((await charge(sibling.vault_key)).status, 200, "other trees are untouched");
   const registry = await kb.db
     .prepare("SELECT COUNT(*) AS n FROM vault_keys WHERE revoked_at_ms IS NOT NULL AND key_id IN (?, ?, ?)")

@@ -65,6 +65,8 @@ impl VaultKey {
         log_failure("sweep of lost calls", swept);
         log_failure("price reconciliation", self.reconcile_due().await);
         log_failure("replay of unknown calls", self.replay_due().await);
+        // Dead keys with nothing left to do leave memory; storage keeps them for lookups.
+        self.with_tree(|tree, _, now| Ok(tree.evict(now)))?;
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
         let pruned = self.store().sql.exec("DELETE FROM key_idempotency WHERE created_ms < ?", vec![int(cutoff)]);
         log_failure("prune of idempotency keys", pruned.map(|_| ()));

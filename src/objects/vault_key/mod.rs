@@ -84,7 +84,7 @@ impl VaultKey {
         let mut slot = self.tree.borrow_mut();
         let tree = match slot.as_mut() {
             Some(tree) => tree,
-            None => slot.insert(store.open()?),
+            None => slot.insert(store.open(Date::now().as_millis())?),
         };
         let reply = apply(tree, &store, Date::now().as_millis(), call)?;
         Ok((reply, store.appended.get()))
@@ -135,7 +135,7 @@ impl VaultKey {
 fn apply(tree: &mut KeyTree, store: &SqlStore, now: u64, call: LedgerCall) -> Result<LedgerReply> {
     let audit_pending = || store.outbox_len();
     let key_state = |tree: &mut KeyTree, key_id: &str| -> Result<LedgerReply> {
-        Ok(match tree.state(now, key_id, audit_pending()?) {
+        Ok(match tree.state(store, now, key_id, audit_pending()?)? {
             Some(state) => LedgerReply::State { state },
             None => LedgerReply::NotFound,
         })
@@ -168,6 +168,7 @@ fn apply(tree: &mut KeyTree, store: &SqlStore, now: u64, call: LedgerCall) -> Re
             }
         }
         LedgerCall::Authenticate { key_id, vendor, secret_hash } => {
+            tree.resident(store, &key_id)?;
             match tree.ledger(&key_id).is_some_and(|l| l.authenticates(vendor, &secret_hash)) {
                 true => LedgerReply::Authenticated,
                 false => denied(ProxyError::InvalidKey),

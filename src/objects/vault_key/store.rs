@@ -2,6 +2,7 @@
 //! synchronous, so the writes of one ledger step commit together.
 
 use crate::core::audit::AuditRow;
+use crate::core::clock::utc_day;
 use crate::core::keys::KeyConfig;
 use crate::core::money::Micros;
 use crate::core::token::SecretHash;
@@ -93,6 +94,10 @@ impl TreeStore for SqlStore {
             vec![serde_json::to_string(issuer)?.into()],
         )?;
         Ok(())
+    }
+
+    fn load_key(&self, key_id: &str) -> Result<Option<Ledger>> {
+        Ok(self.ledgers("key_id = ?", vec![key_id.into()])?.into_iter().next())
     }
 
     fn put_members(&self, members: u64) -> Result<()> {
@@ -238,8 +243,10 @@ impl SqlStore {
         SqlStore { sql, appended: Rc::new(Cell::new(false)) }
     }
 
-    /// Creates the tables, moving an object made before keys could nest, and loads the tree.
-    pub(super) fn open(&self) -> Result<KeyTree> {
+    /// Creates the tables, moving an object made before keys could nest, and loads the tree:
+    /// every key that may still count, not the dead ones with nothing left to do
+    /// ([`KeyTree::evict`] drops the same ones from memory).
+    pub(super) fn open(&self, now_ms: u64) -> Result<KeyTree> {
         self.sql.exec(SCHEMA, None)?;
         #[derive(Deserialize)]
         struct Count {
@@ -252,15 +259,25 @@ impl SqlStore {
         if old.n > 0 {
             self.sql.exec(FROM_ONE_KEY, None)?;
         }
-        self.load()
-    }
-
-    fn load(&self) -> Result<KeyTree> {
         #[derive(Deserialize)]
         struct TreeRow {
             issuer: Option<String>,
             members: u64,
         }
+        let tree: Vec<TreeRow> = self.sql.exec("SELECT issuer, members FROM tree", None)?.to_array()?;
+        let (issuer, members) = match tree.into_iter().next() {
+            Some(t) => (t.issuer.as_deref().map(serde_json::from_str::<IssuerRecord>).transpose()?, t.members),
+            None => (None, 0),
+        };
+        let may_count = "(revoked_at_ms IS NULL AND json_extract(config, '$.expires_at_ms') > ?) OR day >= ? \
+             OR key_id IN (SELECT key_id FROM holds) OR key_id IN (SELECT key_id FROM key_reconciliations)";
+        let ledgers = self.ledgers(may_count, vec![int(now_ms), int(utc_day(now_ms))])?;
+        Ok(KeyTree::load(issuer, members, ledgers))
+    }
+
+    /// The ledgers of the keys that match `filter` (a condition on `keys`), with their holds,
+    /// reconciliations and refusal counts.
+    fn ledgers(&self, filter: &str, params: Vec<SqlStorageValue>) -> Result<Vec<Ledger>> {
         #[derive(Deserialize)]
         struct KeyRow {
             key_id: String,
@@ -289,13 +306,11 @@ impl SqlStore {
             key_id: String,
             record: String,
         }
-        let tree: Vec<TreeRow> = self.sql.exec("SELECT issuer, members FROM tree", None)?.to_array()?;
-        let (issuer, members) = match tree.into_iter().next() {
-            Some(t) => (t.issuer.as_deref().map(serde_json::from_str::<IssuerRecord>).transpose()?, t.members),
-            None => (None, 0),
+        let keyed = |table: &str, columns: &str| {
+            format!("SELECT {columns} FROM {table} WHERE key_id IN (SELECT key_id FROM keys WHERE {filter})")
         };
         let mut holds: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
-        for r in self.sql.exec("SELECT * FROM holds", None)?.to_array::<HoldRow>()? {
+        for r in self.sql.exec(&keyed("holds", "*"), params.clone())?.to_array::<HoldRow>()? {
             holds.entry(r.key_id).or_default().push(Reservation {
                 id: r.id,
                 amount: Micros(r.amount),
@@ -309,15 +324,17 @@ impl SqlStore {
             });
         }
         let mut reconciling: BTreeMap<String, Vec<Reconciliation>> = BTreeMap::new();
-        for r in self.sql.exec("SELECT key_id, record FROM key_reconciliations", None)?.to_array::<KeyedRecord>()? {
+        for r in
+            self.sql.exec(&keyed("key_reconciliations", "key_id, record"), params.clone())?.to_array::<KeyedRecord>()?
+        {
             reconciling.entry(r.key_id).or_default().push(serde_json::from_str(&r.record)?);
         }
         let mut denials: BTreeMap<String, Denials> = BTreeMap::new();
-        for r in self.sql.exec("SELECT key_id, record FROM key_denials", None)?.to_array::<KeyedRecord>()? {
+        for r in self.sql.exec(&keyed("key_denials", "key_id, record"), params.clone())?.to_array::<KeyedRecord>()? {
             denials.insert(r.key_id, serde_json::from_str(&r.record)?);
         }
         let mut ledgers = Vec::new();
-        for k in self.sql.exec("SELECT * FROM keys", None)?.to_array::<KeyRow>()? {
+        for k in self.sql.exec(&format!("SELECT * FROM keys WHERE {filter}"), params)?.to_array::<KeyRow>()? {
             let config: KeyConfig = serde_json::from_str(&k.config)?;
             let key = KeyRecord {
                 config,
@@ -334,7 +351,7 @@ impl SqlStore {
                 denials.remove(&k.key_id).unwrap_or_default(),
             ));
         }
-        Ok(KeyTree::load(issuer, members, ledgers))
+        Ok(ledgers)
     }
 
     pub(super) fn outbox_len(&self) -> Result<u64> {
