@@ -1,9 +1,9 @@
 // After a run: wait for quiescence, then judge Keybrake's ledger and audit against what the
 // Stripe fake actually received and created, per key and UTC day.
 export const INVARIANTS = {
-  1: "USD created at the vendor for a key within its daily cap",
+  1: "USD created at the vendor for a key and all its descendants within its daily cap",
   2: "spent + held >= created; spent = created once nothing is unresolved; nothing unresolved on a key still active",
-  3: "nothing reaches the vendor for a key after its revoke answered, or after it expired",
+  3: "nothing reaches the vendor for a key after its (or an ancestor's) revoke answered, or after it expired",
   4: "one audit row per authenticated call, and audit total_usd = spent",
   5: "nothing reaches the vendor for a call Keybrake refused (4xx with X-Keybrake-Error)",
   6: "a retry with another body under a used Idempotency-Key is refused (422 idempotency_mismatch) and never forwarded",
@@ -97,19 +97,31 @@ export function check(ops, trace, final, requests, charges) {
   const keyOfIdem = new Map();
   for (const [id, rs] of byOp) for (const r of rs) keyOfIdem.set(r.headers["idempotency-key"], opById.get(id).key);
 
+  // A key's ancestors, and when a revoke first stopped it: its own, or an ancestor's.
+  const ancestors = (n) => {
+    const chain = [];
+    for (let k = keys.get(n)?.parent; k !== null && k !== undefined; k = keys.get(k)?.parent) chain.push(k);
+    return chain;
+  };
+  const stoppedAt = (n) =>
+    [n, ...ancestors(n)].map((k) => keys.get(k)?.revokedAt ?? null).filter((t) => t !== null).reduce((a, t) => Math.min(a, t), Infinity);
+
   for (const [n, key] of keys) {
     const state = states.get(n);
     const audit = audits.get(n);
     const mine = ops.filter((o) => (o.kind === "charge" || o.kind === "retry") && o.key === n);
     const created = charges.filter((c) => keyOfIdem.get(c.idempotencyKey) === n);
+    const subtree = new Set([n, ...[...keys.keys()].filter((k) => ancestors(k).includes(n))]);
+    const createdBelow = charges.filter((c) => subtree.has(keyOfIdem.get(c.idempotencyKey)));
     const createdMicros = created.reduce((s, c) => s + c.amount * 10_000, 0);
     const today = utcDay(Date.now());
     const days = new Set(created.map((c) => utcDay(c.at)));
 
-    // 1. The cap, per UTC day of creation.
-    for (const day of days) {
-      const sum = created.filter((c) => utcDay(c.at) === day).reduce((s, c) => s + c.amount, 0);
-      if (sum > key.cap * 100) fail(1, n, `created $${sum / 100} at the vendor on a $${key.cap} cap`);
+    // 1. The cap, over the key and all its descendants, per UTC day of creation.
+    for (const day of new Set(createdBelow.map((c) => utcDay(c.at)))) {
+      const sum = createdBelow.filter((c) => utcDay(c.at) === day).reduce((s, c) => s + c.amount, 0);
+      const whose = subtree.size > 1 ? ` by it and its ${subtree.size - 1} descendant(s)` : "";
+      if (sum > key.cap * 100) fail(1, n, `created $${sum / 100} at the vendor${whose} on a $${key.cap} cap`);
     }
 
     // 2. The ledger against the vendor. The key's state reports today only.
@@ -123,7 +135,8 @@ export function check(ops, trace, final, requests, charges) {
         fail(2, n, `spent $${state.spent_usd} != created $${createdMicros / 1e6} with nothing unresolved`);
       }
     }
-    const active = key.revokedAt === null && key.expiresAt > Date.now();
+    const revokedAt = stoppedAt(n) === Infinity ? null : stoppedAt(n);
+    const active = revokedAt === null && key.expiresAt > Date.now();
     if (active && state.unresolved > 0) {
       fail(2, n, `${state.unresolved} call(s) unresolved on an active key ($${state.reserved_usd} held) though Stripe answers every replay`);
     }
@@ -131,8 +144,8 @@ export function check(ops, trace, final, requests, charges) {
     // 3. Nothing after the revoke answered; after expiry, no replay and no call sent after it.
     for (const o of mine) {
       (byOp.get(o.id) ?? []).forEach((r, i) => {
-        if (key.revokedAt !== null && r.at > key.revokedAt) {
-          fail(3, n, `#${o.id}: ${i === 0 ? "forwarded" : "replayed"} ${r.at - key.revokedAt} ms after the revoke answered`);
+        if (revokedAt !== null && r.at > revokedAt) {
+          fail(3, n, `#${o.id}: ${i === 0 ? "forwarded" : "replayed"} ${r.at - revokedAt} ms after the revoke answered`);
         }
         const sentAt = results.get(o.id)?.sentAt ?? 0;
         const expired = key.expiresAt + CLOCK_SLACK_MS;

@@ -29,7 +29,8 @@ export const FAULTS = ["500", "drop", "reset", "hang", "429", "402", "slow", "th
 
 /**
  * Op kinds:
- * - `issue`: a vault key `k<n>` with `cap` dollars and `ttl` seconds;
+ * - `issue`: a vault key `k<n>` with `cap` dollars and `ttl` seconds; or, with `parent`, a child
+ *   key minted with the parent's vault key, `cap` at most the parent's, expiring with it;
  * - `charge`: POST /v1/payment_intents on key `k`, `amount` cents, with a client
  *   Idempotency-Key (`idem`) or none, an optional vendor `fault`, an optional client abort
  *   after `abort` ms;
@@ -43,7 +44,7 @@ export const FAULTS = ["500", "drop", "reset", "hang", "429", "402", "slow", "th
 export function generate(seed, count) {
   const r = prng(seed);
   const ops = [];
-  const keys = []; // { n, issuedAt (op index), revoked }
+  const keys = []; // { n, revoked, cap, depth }
   const charges = []; // indices of charge ops, for retries
   const keyCount = Math.max(3, Math.ceil(count / 40));
   let clock = 0;
@@ -56,9 +57,20 @@ export function generate(seed, count) {
   };
   const issue = () => {
     const n = keys.length;
+    // Some keys are children of a recent live key (nesting at most 4 deep): their spend counts
+    // against every ancestor's cap, and a revoke of an ancestor stops them.
+    const parents = keys.slice(-4).filter((k) => !k.revoked && k.depth < 4);
+    if (parents.length > 0 && r.chance(0.4)) {
+      const parent = r.pick(parents);
+      const cap = r.int(1, parent.cap);
+      push({ kind: "issue", key: n, cap, parent: parent.n });
+      keys.push({ n, revoked: false, cap, depth: parent.depth + 1 });
+      return;
+    }
     const short = r.chance(0.3);
-    push({ kind: "issue", key: n, cap: r.int(2, 20), ttl: short ? r.int(3, 8) : 7200 });
-    keys.push({ n, revoked: false });
+    const cap = r.int(2, 20);
+    push({ kind: "issue", key: n, cap, ttl: short ? r.int(3, 8) : 7200 });
+    keys.push({ n, revoked: false, cap, depth: 1 });
   };
   // A client that gives up mostly does so on a slow call: abort those often, while the
   // Worker still waits for the vendor.
@@ -113,6 +125,7 @@ export function describe(op) {
   const when = `@${op.at}ms`;
   switch (op.kind) {
     case "issue":
+      if (op.parent !== undefined) return `${when} #${op.id} mint k${op.key} as a child of k${op.parent} cap=$${op.cap}${tail}`;
       return `${when} #${op.id} issue k${op.key} cap=$${op.cap} expires_in=${op.ttl}s${tail}`;
     case "charge":
       return `${when} #${op.id} charge k${op.key} amount=${op.amount} ${op.idem ? `idempotency-key=${op.idem}` : "no-idempotency-key"}${tail}`;

@@ -82,10 +82,34 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
   };
 
   const runOp = async (op) => {
+    if (op.kind !== "issue" && keys.get(op.key)?.unminted) return { op: op.id, skipped: true };
     switch (op.kind) {
       case "issue": {
-        const key = { n: op.key, revokedAt: null };
+        const key = { n: op.key, revokedAt: null, parent: op.parent ?? null };
         keys.set(op.key, key);
+        if (op.parent !== undefined) {
+          const parent = keys.get(op.parent);
+          if (parent.unminted) {
+            key.unminted = true;
+            return { op: op.id };
+          }
+          const res = await fetch(`${kb.url}/vault/keys/${parent.key_id}/children`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${parent.vault_key}`, "content-type": "application/json" },
+            body: JSON.stringify({ daily_usd_cap: op.cap, agent_run_label: `soak/k${op.key}` }),
+          });
+          const json = await res.json();
+          // The parent may have been revoked or have expired meanwhile: then nothing is minted,
+          // and the key's ops are skipped.
+          if (res.status === 401 && ["key_revoked", "key_expired"].includes(json.error?.type)) {
+            key.unminted = true;
+            return { op: op.id };
+          }
+          if (res.status !== 201) throw new Error(`mint k${op.key} failed: ${res.status} ${JSON.stringify(json)}`);
+          Object.assign(key, { key_id: json.key_id, vault_key: json.vault_key, cap: op.cap });
+          key.expiresAt = Date.parse(json.expires_at);
+          return { op: op.id };
+        }
         const res = await kb.admin("POST", "/vault/keys", {
           vendor: "stripe",
           daily_usd_cap: op.cap,
@@ -122,9 +146,11 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
     if (Date.now() > deadline) throw new Error("the run overstayed its deadline");
     await sleep(start + op.at - Date.now());
     while (running.size >= CONCURRENCY) await Promise.race(running);
-    // Ops on a key wait for its issue; a retry waits for its first call (inside runOp).
-    const issue = ops.find((o) => o.kind === "issue" && o.key === op.key);
-    const before = op.kind === "issue" || !issue ? null : done.get(issue.id);
+    // Ops on a key wait for its issue, a child's issue for its parent's; a retry waits for its
+    // first call (inside runOp).
+    const issueOf = (n) => ops.find((o) => o.kind === "issue" && o.key === n);
+    const issue = op.kind === "issue" ? (op.parent !== undefined ? issueOf(op.parent) : null) : issueOf(op.key);
+    const before = issue ? done.get(issue.id) : null;
     const p = (async () => {
       if (before) await before;
       inflight.add(op.id);
@@ -138,5 +164,6 @@ export async function execute(kb, ops, { deadline, inflight = new Set() }) {
     running.add(tracked);
   }
   await Promise.all(done.values());
+  for (const [n, key] of keys) if (key.unminted) keys.delete(n);
   return { keys, results };
 }

@@ -53,11 +53,18 @@ async function trial(ops) {
   }
 }
 
-/** The ops a subset needs to mean the same thing: each key's issue, each retry's first call. */
+/** The ops a subset needs to mean the same thing: each key's issue (a child's parent's too), each retry's first call. */
 function closure(all, chosen) {
   const ids = new Set(chosen.map((o) => o.id));
   for (const o of chosen) if (o.kind === "retry") ids.add(o.of);
-  for (const o of all) if (o.kind === "issue" && [...ids].some((id) => all[id].key === o.key)) ids.add(o.id);
+  // Each key's issue, and a child's parent's issue too, up the chain.
+  for (let added = true; added; ) {
+    added = false;
+    const keysNeeded = new Set([...ids].flatMap((id) => [all[id].key, all[id].parent].filter((k) => k !== undefined)));
+    for (const o of all) {
+      if (o.kind === "issue" && keysNeeded.has(o.key) && !ids.has(o.id)) [added] = [true, ids.add(o.id)];
+    }
+  }
   return all.filter((o) => ids.has(o.id));
 }
 
