@@ -34,6 +34,8 @@ ISSUER_TOKEN = SEED.get("issuer", {}).get("issuer_token", "")
 SPARE_ISSUER_ID = SEED.get("spare_issuer_id", "")
 PARENT = SEED.get("parent", {})
 RUN_LABEL = SEED.get("run_label", "")
+# The seeded key the issuer made: its own token is sent with it (see _issuers_own).
+ISSUER_KEY_IDS = [k for k in SEED_KEY_IDS if ISSUER_ID and k.startswith(ISSUER_ID + "-")]
 CHILDREN_ROUTE = "/vault/keys/{key_id}/children"
 ISSUER_ROUTE = "/vault/issuers/{issuer_id}"
 
@@ -110,11 +112,20 @@ def flatmap_path_parameters(context, path_parameters):
     if _path(context) == CHILDREN_ROUTE and PARENT.get("key_id"):
         return st.one_of(st.just(path_parameters), st.just({**path_parameters, "key_id": PARENT["key_id"]}))
     if _path(context) == ISSUER_ROUTE and ISSUER_ID:
-        seeded = ISSUER_ID if _method(context) == "GET" else SPARE_ISSUER_ID
-        return st.one_of(st.just(path_parameters), st.just({**path_parameters, "issuer_id": seeded}))
+        if _method(context) == "GET":
+            return st.one_of(st.just(path_parameters), st.just({**path_parameters, "issuer_id": ISSUER_ID}))
+        # A DELETE never takes the seeded issuer, even when its id was picked up from an
+        # answer: its token must keep working for the rest of the run.
+        spared = {**path_parameters, "issuer_id": SPARE_ISSUER_ID}
+        if path_parameters.get("issuer_id") == ISSUER_ID:
+            return st.just(spared)
+        return st.one_of(st.just(path_parameters), st.just(spared))
     if SEED_KEY_IDS and "key_id" in path_parameters:
         seeded = st.sampled_from(SEED_KEY_IDS).map(lambda key_id: {**path_parameters, "key_id": key_id})
-        return st.one_of(st.just(path_parameters), seeded)
+        choices = [st.just(path_parameters), seeded]
+        if ISSUER_KEY_IDS:
+            choices.append(st.sampled_from(ISSUER_KEY_IDS).map(lambda key_id: {**path_parameters, "key_id": key_id}))
+        return st.one_of(*choices)
     return st.just(path_parameters)
 
 
