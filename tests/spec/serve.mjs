@@ -3,8 +3,12 @@
 // so that the admin API has real state to answer about, prints one JSON line and stays up
 // until SIGINT or SIGTERM.
 //
-// The line: {"url", "admin_key", "key_ids": [...], "label", "vault_keys": {vendor: key}}.
-// Nothing else goes to stdout. `vault_keys` are fresh keys for the proxy routes, one per vendor,
+// The line: {"url", "admin_key", "key_ids": [...], "label", "vault_keys": {vendor: key},
+// "issuer": {"issuer_id", "issuer_token"}, "spare_issuer_id", "parent": {"key_id", "vault_key"},
+// "run_label"}. Nothing else goes to stdout. `key_ids` include a key an issuer made and a child
+// key, so their lineage fields are checked too; `spare_issuer_id` is an issuer for
+// `DELETE /vault/issuers/{issuer_id}` to revoke, so `issuer` stays usable; `parent` is a key whose
+// vault key mints children; `run_label` is the label of keys for `DELETE /vault/keys` to revoke. `vault_keys` are fresh keys for the proxy routes, one per vendor,
 // each allowed the endpoints the document lists for its vendor. (Twilio's `.../Messages/{sid}.json`
 // cannot be allowlisted by template: a `{param}` must be a whole segment.)
 import { startKeybrake, ADMIN_KEY } from "../e2e/harness.mjs";
@@ -76,6 +80,47 @@ try {
   const revoked = await kb.issueKey({ expires_in: 60 });
   expect("revoke", (await kb.call("DELETE", `/vault/keys/${revoked.key_id}`)).status, 200);
 
+  // An issuer and a key it made, which spends once; a parent key and a child it minted; a spare
+  // issuer; keys of a run to revoke.
+  const newIssuer = async (name) => {
+    const res = await kb.call("POST", "/vault/issuers", {
+      body: {
+        name,
+        daily_usd_budget: 10,
+        vendors: ["stripe"],
+        allowed_endpoints: ["POST /v1/payment_intents", "GET /v1/payment_intents/{id}"],
+        max_key_usd_cap: 5,
+        max_expires_in: "2h",
+      },
+    });
+    expect(`issuer ${name}`, res.status, 201);
+    return res.json;
+  };
+  const issuer = await newIssuer("spec/issuer");
+  const spareIssuer = await newIssuer("spec/spare-issuer");
+  const issued = await kb.call("POST", "/vault/keys", {
+    token: issuer.issuer_token,
+    body: { vendor: "stripe", daily_usd_cap: 5, allowed_endpoints: ["POST /v1/payment_intents"], agent_run_label: "spec/issuer" },
+  });
+  expect("key by the issuer", issued.status, 201);
+  expect("charge by the issuer's key", await proxy("/v1/payment_intents", issued.json.vault_key, { body: "amount=100&currency=usd" }), 200);
+  const parent = await kb.issueKey({
+    daily_usd_cap: 20,
+    allowed_endpoints: ["POST /v1/payment_intents", "GET /v1/payment_intents/{id}"],
+    expires_in: "2h",
+    agent_run_label: "spec/parent",
+  });
+  const child = await kb.call("POST", `/vault/keys/${parent.key_id}/children`, {
+    token: parent.vault_key,
+    body: { daily_usd_cap: 2, allowed_endpoints: ["POST /v1/payment_intents"] },
+  });
+  expect("child key", child.status, 201);
+  expect("charge by the child", await proxy("/v1/payment_intents", child.json.vault_key, { body: "amount=100&currency=usd" }), 200);
+  const RUN_LABEL = "spec/run";
+  const runKey = await kb.issueKey({ agent_run_label: RUN_LABEL });
+  const runChild = await kb.call("POST", `/vault/keys/${runKey.key_id}/children`, { token: runKey.vault_key, body: { daily_usd_cap: 1 } });
+  expect("child of the run's key", runChild.status, 201);
+
   // Keys for the proxy routes.
   const fuzz = {
     stripe: await kb.issueKey({
@@ -119,7 +164,7 @@ try {
   };
 
   // Wait until every audit row has reached D1 and the Twilio price is in.
-  for (const key of [stripe, twilio, resend]) await kb.settled(key);
+  for (const key of [stripe, twilio, resend, issued.json, child.json]) await kb.settled(key);
   await kb.auditUntil({ agent_run_label: SEED_LABEL }, (page) =>
     page.count === 6 && page.calls.some((row) => row.reconciled_at !== null),
   );
@@ -128,9 +173,13 @@ try {
     JSON.stringify({
       url: kb.url,
       admin_key: ADMIN_KEY,
-      key_ids: [stripe.key_id, twilio.key_id, resend.key_id, revoked.key_id],
+      key_ids: [stripe.key_id, twilio.key_id, resend.key_id, revoked.key_id, issued.json.key_id, child.json.key_id],
       label: SEED_LABEL,
       vault_keys: Object.fromEntries(Object.entries(fuzz).map(([vendor, key]) => [vendor, key.vault_key])),
+      issuer: { issuer_id: issuer.issuer_id, issuer_token: issuer.issuer_token },
+      spare_issuer_id: spareIssuer.issuer_id,
+      parent: { key_id: parent.key_id, vault_key: parent.vault_key },
+      run_label: RUN_LABEL,
     }) + "\n",
   );
 } catch (error) {

@@ -34,6 +34,8 @@ test("the schema check catches an answer that strays from the document", () => {
     agent_run_label: null,
     stripe_account: null,
     allow_expand: false,
+    issuer_id: null,
+    parent_key_id: null,
   };
   assert.deepEqual(problems(issued, "IssuedKey"), []);
   assert.deepEqual(problems({ ...issued, surprise: 1 }, "IssuedKey"), ["$.surprise: not in the document"]);
@@ -75,6 +77,53 @@ test("issue, get, refresh, revoke and audit round-trip, each answer as the docum
   const rows = [];
   for await (const row of client.audit.all({ keyId: issued.key_id, limit: 1 })) rows.push(row);
   assert.equal(rows.length, 1);
+});
+
+test("issuers, child keys and revoke by run: each answer as the document says", async () => {
+  const root = admin();
+  const run = `client-test/lineage-${Date.now()}`;
+  const created = await root.issuers.create({
+    name: run,
+    daily_usd_budget: 20,
+    vendors: ["stripe"],
+    allowed_endpoints: ["POST /v1/payment_intents"],
+    max_key_usd_cap: 10,
+    max_expires_in: "2h",
+  });
+  assert.deepEqual(problems(created, "IssuedIssuer"), []);
+  const asIssuer = new Keybrake({ baseUrl: kb.url, token: created.issuer_token });
+  assert.deepEqual(problems(await asIssuer.issuers.get(created.issuer_id), "Issuer"), []);
+  const listed = await root.issuers.list();
+  assert.deepEqual(problems(listed, "IssuerList"), []);
+  assert.ok(listed.issuers.some((i) => i.issuer_id === created.issuer_id));
+
+  const parent = await asIssuer.keys.issue({ ...STRIPE_KEY, agent_run_label: run });
+  assert.deepEqual(problems(parent, "IssuedKey"), []);
+  assert.equal(parent.issuer_id, created.issuer_id);
+  const child = await root.keys.children(parent, { daily_usd_cap: 2 });
+  assert.deepEqual(problems(child, "IssuedKey"), []);
+  assert.equal(child.parent_key_id, parent.key_id);
+
+  const stripe = root.stripeFor(child, { maxNetworkRetries: 0 });
+  await stripe.paymentIntents.create({ amount: 100, currency: "usd" });
+  await kb.settled(child);
+  const parentState = await asIssuer.keys.get(parent.key_id);
+  assert.deepEqual(problems(parentState, "KeyState"), []);
+  assert.equal(parentState.descendants_usd, 1);
+  assert.deepEqual(problems(await root.keys.get(child.key_id), "KeyState"), []);
+  await kb.auditUntil({ key_id: child.key_id }, (p) => p.count >= 1);
+  const page = await asIssuer.audit.list({ issuerId: created.issuer_id });
+  assert.deepEqual(problems(page, "AuditPage"), []);
+  assert.equal(page.calls[0].parent_key_id, parent.key_id);
+
+  const revoked = await asIssuer.keys.revokeRun(run);
+  assert.deepEqual(problems(revoked, "RunRevoked"), []);
+  assert.deepEqual(revoked.key_ids, [parent.key_id, child.key_id].sort());
+  const again = await root.keys.revoke(parent.key_id);
+  assert.deepEqual(problems(again, "Revoked"), []);
+  const gone = await root.issuers.delete(created.issuer_id);
+  assert.deepEqual(problems(gone, "IssuerRevoked"), []);
+  assert.equal(gone.status, "revoked");
 });
 
 test("the CommonJS build is the same client", async () => {
