@@ -7,8 +7,11 @@ import type {
   AuditQuery,
   ErrorType,
   IssuedChildKey,
+  IssuedIssuer,
   IssuedKey,
   Issuer,
+  IssuerList,
+  IssuerRevoked,
   KeyState,
   NewChildKey,
   NewIssuer,
@@ -204,16 +207,16 @@ class IssuersApi {
   constructor(readonly kb: Keybrake) {}
 
   /** `POST /vault/issuers` (root token): the answer's `issuer_token` is shown only here. */
-  create(body: NewIssuer): Promise<Issuer & { issuer_token: string }> {
+  create(body: NewIssuer): Promise<IssuedIssuer> {
     return this.kb.request("POST", "/vault/issuers", { body });
   }
-  list(): Promise<unknown> {
+  list(): Promise<IssuerList> {
     return this.kb.request("GET", "/vault/issuers");
   }
   get(issuerId: string): Promise<Issuer> {
     return this.kb.request("GET", `/vault/issuers/${encodeURIComponent(issuerId)}`);
   }
-  delete(issuerId: string): Promise<unknown> {
+  delete(issuerId: string): Promise<IssuerRevoked> {
     return this.kb.request("DELETE", `/vault/issuers/${encodeURIComponent(issuerId)}`);
   }
 }
