@@ -9,6 +9,7 @@ pub mod cost;
 pub mod encoding;
 pub mod error;
 pub mod keys;
+pub mod listing;
 pub mod lockout;
 pub mod money;
 pub mod routing;

@@ -21,7 +21,7 @@ type AdminResult = Result<Response, ProxyError>;
 /// Checks the admin token, in constant time. The right token always works: failures are
 /// counted per client, and only further *failures* past the limit are answered 429, so an
 /// agent that shares the operator's address can never lock the operator out of a revoke.
-async fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
+pub async fn authorize(req: &Request, env: &Env) -> Result<(), ProxyError> {
     let expected = env.secret("KEYBRAKE_API_KEY").map(|s| s.to_string()).unwrap_or_default();
     if expected.chars().count() < MIN_ADMIN_KEY_CHARS {
         console_error!(

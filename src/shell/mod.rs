@@ -3,8 +3,10 @@
 //! detail goes to the log, never to the caller.
 
 mod admin;
+mod console;
 mod errors;
 mod home;
+mod listing;
 mod objects;
 mod proxy;
 mod request;
@@ -32,6 +34,13 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed(allow) => Err(ProxyError::MethodNotAllowed(allow.into())),
         Route::UnknownMethod => Err(ProxyError::MethodNotAllowed(KNOWN_METHODS.join(", "))),
+        // Console and alerts (issue 11).
+        Route::ListKeys => listing::list_keys(&req, &env).await,
+        Route::Spend => listing::spend(&req, &env).await,
+        Route::Console => console::answer(req, &env).await,
+        Route::CreateWebhook | Route::ListWebhooks | Route::DeleteWebhook(_) | Route::WebhookDeliveries => {
+            Err(ProxyError::NotFound)
+        }
     };
     match answer {
         Ok(response) => Ok(response),
