@@ -33,10 +33,11 @@ tools:
 		|| cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
-# Everything the wasm is compiled from, the OpenAPI document included (include_str!). When
+# Everything the wasm is compiled from, the OpenAPI document and the console included
+# (include_str!). When
 # none is newer than build/index.js, `make build` does nothing: `make dev` and the build
 # command wrangler runs on start and on every change stay instant.
-BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src -type f)
+BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src console -type f)
 
 build: tools build/index.js
 

@@ -30,6 +30,9 @@ pub struct KeyConfig {
     /// Whether `expand[]` may pull hidden fields into responses.
     #[serde(default)]
     pub allow_expand: bool,
+    /// Fractions of the daily cap, in basis points, that send `key.threshold_crossed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_thresholds: Vec<u32>,
 }
 
 /// A validated `POST /vault/keys` body.
@@ -43,6 +46,7 @@ pub struct NewKey {
     pub agent_run_label: Option<String>,
     pub stripe_account: Option<String>,
     pub allow_expand: bool,
+    pub alert_thresholds: Vec<u32>,
 }
 
 impl NewKey {
@@ -58,11 +62,12 @@ impl NewKey {
             agent_run_label: self.agent_run_label,
             stripe_account: self.stripe_account,
             allow_expand: self.allow_expand,
+            alert_thresholds: self.alert_thresholds,
         }
     }
 }
 
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "vendor",
     "daily_usd_cap",
     "max_usd_per_call",
@@ -71,6 +76,7 @@ const FIELDS: [&str; 8] = [
     "agent_run_label",
     "stripe_account",
     "allow_expand",
+    "alert_thresholds",
 ];
 
 /// The fields of a JSON object body. A field given twice is refused, naming it: serde_json
@@ -195,6 +201,7 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
         agent_run_label,
         stripe_account,
         allow_expand,
+        alert_thresholds: crate::core::alerts::parse_thresholds(field("alert_thresholds")).map_err(bad)?,
     })
 }
 
@@ -285,6 +292,8 @@ pub struct KeyView<'a> {
     /// How far real prices that came in above their estimates pushed today's spend past the cap.
     #[serde(with = "usd")]
     pub over_cap_usd: Micros,
+    #[serde(serialize_with = "crate::core::alerts::ratios::serialize")]
+    pub alert_thresholds: &'a [u32],
 }
 
 impl<'a> KeyView<'a> {
@@ -310,6 +319,7 @@ impl<'a> KeyView<'a> {
             reconciling: state.reconciling,
             unresolved: state.unresolved,
             over_cap_usd: state.spent.saturating_sub(c.daily_cap),
+            alert_thresholds: &c.alert_thresholds,
         }
     }
 }
@@ -374,6 +384,7 @@ mod tests {
                 agent_run_label: Some("inngest/billing/subscription.process/01J".into()),
                 stripe_account: None,
                 allow_expand: false,
+                alert_thresholds: vec![],
             }
         );
     }

@@ -19,6 +19,7 @@ fn config(cap: u64, max_per_call: Option<u64>) -> KeyConfig {
         agent_run_label: Some("run-1".into()),
         stripe_account: None,
         allow_expand: false,
+        alert_thresholds: vec![],
     }
 }
 

@@ -10,6 +10,7 @@ mod listing;
 mod objects;
 mod proxy;
 mod request;
+mod webhooks;
 
 use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::routing::{route, Route, KNOWN_METHODS};
@@ -37,10 +38,11 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         // Console and alerts (issue 11).
         Route::ListKeys => listing::list_keys(&req, &env).await,
         Route::Spend => listing::spend(&req, &env).await,
-        Route::Console => console::answer(req, &env).await,
-        Route::CreateWebhook | Route::ListWebhooks | Route::DeleteWebhook(_) | Route::WebhookDeliveries => {
-            Err(ProxyError::NotFound)
-        }
+        Route::Console => console::answer(&req, &path),
+        Route::CreateWebhook => webhooks::create(req, &env).await,
+        Route::ListWebhooks => webhooks::list(&req, &env).await,
+        Route::DeleteWebhook(id) => webhooks::delete(&req, &env, id).await,
+        Route::WebhookDeliveries => webhooks::deliveries(&req, &env).await,
     };
     match answer {
         Ok(response) => Ok(response),

@@ -168,3 +168,28 @@ test("no secret reaches the page", async () => {
   assert.doesNotMatch(html, /kb_(stripe|twilio|resend)_[0-9a-f]{64}_/);
   await context.close();
 });
+
+test("the alerts page lists webhooks and the delivery log, never a secret", async () => {
+  const hook = await kb.call("POST", "/vault/webhooks", { body: { url: "http://127.0.0.1:9/unreachable", events: ["key.revoked"] } });
+  assert.equal(hook.status, 201);
+  const key = await kb.issueKey({ agent_run_label: "console/alerts" });
+  await kb.call("DELETE", `/vault/keys/${key.key_id}`);
+  const { context, page, problems } = await openConsole();
+  await signIn(page, ADMIN_KEY);
+  await page.locator("#keys-table").waitFor();
+  // The first attempt fails (nothing listens on port 9) and is logged.
+  for (let i = 0; i < 100; i++) {
+    const log = await kb.call("GET", `/vault/webhooks/deliveries?key_id=${key.key_id}`);
+    if (log.json.data.length > 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await page.getByRole("link", { name: "Alerts", exact: true }).click();
+  await page.getByText("http://127.0.0.1:9/unreachable").waitFor();
+  await page.getByText(`evt_${key.key_id}_revoked`).first().waitFor();
+  assert.match(await page.locator("main").innerText(), /failed \(no answer/);
+  assert.ok(!(await page.content()).includes(hook.json.secret));
+  await page.screenshot({ path: join(SHOTS, "alerts-1440.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await kb.call("DELETE", `/vault/webhooks/${hook.json.id}`);
+  await context.close();
+});

@@ -387,12 +387,6 @@ export function workerOptions(persist) {
     durableObjectsPersist: join(persist, "do"),
     d1Databases: { DB: "keybrake" },
     d1Persist: join(persist, "d1"),
-    // The console's static files, as wrangler.toml's [assets]: the Worker runs first.
-    assets: {
-      directory: join(ROOT, "assets"),
-      binding: "ASSETS",
-      routerConfig: { invoke_user_worker_ahead_of_assets: true, has_user_worker: true },
-    },
     host: "127.0.0.1",
     port: 0,
     cf: false,

@@ -59,6 +59,8 @@ impl VaultKey {
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
         let pruned = self.store().sql.exec("DELETE FROM idempotency_keys WHERE created_ms < ?", vec![int(cutoff)]);
         log_failure("prune of idempotency keys", pruned.map(|_| ()));
+        log_failure("alert thresholds", self.alert_thresholds_now());
+        log_failure("alert delivery", self.deliver_alerts().await);
 
         let now = Date::now().as_millis();
         let flush_at = match (self.store().outbox_len(), self.flush_failures.get()) {
@@ -71,7 +73,7 @@ impl VaultKey {
             }
         };
         let ledger_at = self.ledger.borrow().as_ref().and_then(|l| l.next_alarm_at(now, stale_after));
-        self.arm(earliest(flush_at, ledger_at)).await?;
+        self.arm(earliest(earliest(flush_at, ledger_at), self.alerts_next_at())).await?;
         Response::ok("")
     }
 
@@ -130,7 +132,13 @@ impl VaultKey {
             let mut slot = self.ledger.borrow_mut();
             let Some(ledger) = slot.as_mut() else { return Ok(()) };
             match poll {
-                PricePoll::Priced(actual) => ledger.reconcile(&store, now, rec.id, actual)?,
+                PricePoll::Priced(actual) => {
+                    ledger.reconcile(&store, now, rec.id, actual)?;
+                    log_failure(
+                        "alert of a late price",
+                        super::alerts::reconciled(&store, ledger, now, rec.id, actual),
+                    );
+                }
                 PricePoll::NotYet => {
                     ledger.reconcile_later(&store, now, rec.id, backoff(first_backoff, rec.attempts))?
                 }

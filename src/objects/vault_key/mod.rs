@@ -4,6 +4,7 @@
 //! D1, asking vendors for late prices, and replaying calls whose outcome is unknown.
 
 mod alarm;
+mod alerts;
 mod store;
 
 use crate::core::error::ProxyError;
@@ -55,8 +56,15 @@ impl DurableObject for VaultKey {
         // serde_json on the text: cheaper than converting a parsed JS object field by field.
         let call: LedgerCall = serde_json::from_str(&req.text().await?)?;
         let revoking = matches!(call, LedgerCall::Revoke);
+        let hint = alerts::Hint::of(&call);
         // Everything from here to the reply is synchronous: no other call can interleave.
         let (reply, wrote_audit) = self.handle(call)?;
+        // Alerts are decided in the same step; a failure to queue one never fails the call.
+        let alert_at = self.alert_after(hint, &reply).unwrap_or_else(|e| {
+            worker::console_error!("queueing an alert failed: {e}");
+            None
+        });
+        self.arm(alert_at).await?;
         let now = Date::now().as_millis();
         if wrote_audit {
             self.arm(Some(now + FLUSH_DELAY_MS)).await?;
