@@ -5,11 +5,9 @@
 //! becomes one more variant here once issuers exist.
 
 use crate::core::audit::SqlValue;
-use crate::core::clock::{rfc3339, utc_day, MS_PER_DAY};
+use crate::core::clock::{utc_day, MS_PER_DAY};
 use crate::core::keys::MAX_LABEL_CHARS;
-use crate::core::money::{usd, usd_opt, Micros};
 use crate::core::token::is_key_id;
-use serde::{Deserialize, Serialize};
 
 /// What money is counted over: one key, or every key of one run label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,125 +105,73 @@ impl KeyListQuery {
         Ok(q)
     }
 
-    /// One query over the registry, newest first, with each key's running totals joined in
-    /// (one indexed lookup per row), fetching one row past the page to tell `has_more`. The
-    /// cursor is resolved in the same statement, so a page costs one round trip.
+    /// One statement for the whole page: the registry, newest first, with each key's running
+    /// totals joined in (one indexed lookup per row), one row past the page read to tell
+    /// `has_more`, and the answer's JSON built by SQLite. The cursor is resolved in the same
+    /// statement. Building the JSON in SQL keeps row types and their decoders out of the wasm.
     pub fn sql(&self, now_ms: u64) -> (String, Vec<SqlValue>) {
-        let mut sql = String::from(
-            "SELECT k.key_id, k.vendor, k.agent_run_label, k.daily_cap_micros, k.max_per_call_micros, \
-             k.allowed_endpoints, k.created_at_ms, k.expires_at_ms, k.revoked_at_ms, \
-             COALESCE(t.calls, 0) AS calls, COALESCE(t.cost_micros, 0) AS cost_micros \
-             FROM vault_keys AS k LEFT JOIN audit_totals AS t ON t.scope = 'key' AND t.value = k.key_id WHERE 1",
-        );
-        let mut binds = Vec::new();
-        let mut bind = |sql: &mut String, clause: &str, v: SqlValue| {
+        let mut binds = vec![SqlValue::Int(now_ms)];
+        let mut filters = String::new();
+        let mut bind = |filters: &mut String, clause: &str, v: SqlValue| {
             binds.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", binds.len())));
+            filters.push_str(&clause.replace('?', &format!("?{}", binds.len())));
         };
         if let Some(label) = &self.label {
-            bind(&mut sql, " AND k.agent_run_label = ?", SqlValue::Text(label.clone()));
+            bind(&mut filters, " AND k.agent_run_label = ?", SqlValue::Text(label.clone()));
         }
         if let Some(vendor) = &self.vendor {
-            bind(&mut sql, " AND k.vendor = ?", SqlValue::Text(vendor.clone()));
+            bind(&mut filters, " AND k.vendor = ?", SqlValue::Text(vendor.clone()));
         }
         match self.status {
             None => {}
-            Some(StatusFilter::Revoked) => sql.push_str(" AND k.revoked_at_ms IS NOT NULL"),
-            Some(StatusFilter::Active) => {
-                bind(&mut sql, " AND k.revoked_at_ms IS NULL AND k.expires_at_ms > ?", SqlValue::Int(now_ms))
-            }
-            Some(StatusFilter::Expired) => {
-                bind(&mut sql, " AND k.revoked_at_ms IS NULL AND k.expires_at_ms <= ?", SqlValue::Int(now_ms))
-            }
+            Some(StatusFilter::Revoked) => filters.push_str(" AND k.revoked_at_ms IS NOT NULL"),
+            Some(StatusFilter::Active) => filters.push_str(" AND k.revoked_at_ms IS NULL AND k.expires_at_ms > ?1"),
+            Some(StatusFilter::Expired) => filters.push_str(" AND k.revoked_at_ms IS NULL AND k.expires_at_ms <= ?1"),
         }
         if let Some(after) = &self.starting_after {
             bind(
-                &mut sql,
+                &mut filters,
                 " AND (k.created_at_ms, k.key_id) < (SELECT created_at_ms, key_id FROM vault_keys WHERE key_id = ?)",
                 SqlValue::Text(after.clone()),
             );
         }
-        sql.push_str(" ORDER BY k.created_at_ms DESC, k.key_id DESC");
-        bind(&mut sql, " LIMIT ?", SqlValue::Int(u64::from(self.limit) + 1));
+        let limit = self.limit;
+        let sql = format!(
+            "SELECT json_object('data', json_group_array(json(item) ORDER BY rn) FILTER (WHERE rn <= {limit}), \
+             'has_more', json(CASE WHEN COUNT(*) > {limit} THEN 'true' ELSE 'false' END)) AS j \
+             FROM (SELECT row_number() OVER (ORDER BY k.created_at_ms DESC, k.key_id DESC) AS rn, json_object(\
+             'key_id', k.key_id, 'vendor', k.vendor, \
+             'status', CASE WHEN k.revoked_at_ms IS NOT NULL THEN 'revoked' WHEN k.expires_at_ms <= ?1 THEN 'expired' \
+             ELSE 'active' END, \
+             'agent_run_label', k.agent_run_label, 'daily_usd_cap', {cap}, 'max_usd_per_call', {per_call}, \
+             'allowed_endpoints', json(k.allowed_endpoints), 'created_at', {created}, 'expires_at', {expires}, \
+             'revoked_at', {revoked}, 'calls', COALESCE(t.calls, 0), 'total_usd', {total}) AS item \
+             FROM vault_keys AS k LEFT JOIN audit_totals AS t ON t.scope = 'key' AND t.value = k.key_id \
+             WHERE 1{filters} ORDER BY k.created_at_ms DESC, k.key_id DESC LIMIT {more})",
+            cap = usd_sql("k.daily_cap_micros"),
+            per_call = usd_sql("k.max_per_call_micros"),
+            created = timestamp_sql("k.created_at_ms"),
+            expires = timestamp_sql("k.expires_at_ms"),
+            revoked = timestamp_sql("k.revoked_at_ms"),
+            total = usd_sql("COALESCE(t.cost_micros, 0)"),
+            more = u64::from(limit) + 1,
+        );
         (sql, binds)
     }
 }
 
-/// One registry row as [`KeyListQuery::sql`] selects it.
-#[derive(Debug, Deserialize)]
-pub struct KeyRow {
-    pub key_id: String,
-    pub vendor: String,
-    pub agent_run_label: Option<String>,
-    pub daily_cap_micros: u64,
-    pub max_per_call_micros: Option<u64>,
-    pub allowed_endpoints: String,
-    pub created_at_ms: u64,
-    pub expires_at_ms: u64,
-    pub revoked_at_ms: Option<u64>,
-    pub calls: u64,
-    pub cost_micros: u64,
+/// A micro-dollar column as the JSON number of dollars `Micros::to_usd_string` writes (`300`,
+/// `1.5`, `0.0083`), or JSON `null`: integer arithmetic only, never a float.
+pub fn usd_sql(micros: &str) -> String {
+    format!(
+        "json(CASE WHEN ({micros}) IS NULL THEN 'null' WHEN ({micros}) % 1000000 = 0 THEN CAST(({micros}) / 1000000 AS TEXT) \
+         ELSE rtrim(printf('%d.%06d', ({micros}) / 1000000, ({micros}) % 1000000), '0') END)"
+    )
 }
 
-/// One key in a listing. Figures come from D1: `total_usd` is every call's cost so far, as of
-/// the key's last outbox flush (about 100 ms behind). Today's spend and held money are the
-/// key object's, from `GET /vault/keys/{id}`.
-#[derive(Debug, Serialize)]
-pub struct KeyListItem {
-    pub key_id: String,
-    pub vendor: String,
-    pub status: &'static str,
-    pub agent_run_label: Option<String>,
-    #[serde(with = "usd")]
-    pub daily_usd_cap: Micros,
-    #[serde(with = "usd_opt")]
-    pub max_usd_per_call: Option<Micros>,
-    pub allowed_endpoints: Vec<String>,
-    pub created_at: String,
-    pub expires_at: String,
-    pub revoked_at: Option<String>,
-    pub calls: u64,
-    #[serde(with = "usd")]
-    pub total_usd: Micros,
-}
-
-impl KeyListItem {
-    pub fn new(row: KeyRow, now_ms: u64) -> KeyListItem {
-        let status = match (row.revoked_at_ms, now_ms >= row.expires_at_ms) {
-            (Some(_), _) => "revoked",
-            (None, true) => "expired",
-            (None, false) => "active",
-        };
-        KeyListItem {
-            status,
-            allowed_endpoints: serde_json::from_str(&row.allowed_endpoints).unwrap_or_default(),
-            created_at: rfc3339(row.created_at_ms),
-            expires_at: rfc3339(row.expires_at_ms),
-            revoked_at: row.revoked_at_ms.map(rfc3339),
-            daily_usd_cap: Micros(row.daily_cap_micros),
-            max_usd_per_call: row.max_per_call_micros.map(Micros),
-            total_usd: Micros(row.cost_micros),
-            calls: row.calls,
-            key_id: row.key_id,
-            vendor: row.vendor,
-            agent_run_label: row.agent_run_label,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct KeyList {
-    pub data: Vec<KeyListItem>,
-    pub has_more: bool,
-}
-
-impl KeyList {
-    /// The page, given up to `limit + 1` rows.
-    pub fn new(mut rows: Vec<KeyRow>, limit: u32, now_ms: u64) -> KeyList {
-        let has_more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        KeyList { data: rows.into_iter().map(|r| KeyListItem::new(r, now_ms)).collect(), has_more }
-    }
+/// A millisecond column as the RFC 3339 text `rfc3339` writes, or NULL.
+pub fn timestamp_sql(ms: &str) -> String {
+    format!("strftime('%Y-%m-%dT%H:%M:%S', ({ms}) / 1000, 'unixepoch') || printf('.%03dZ', ({ms}) % 1000)")
 }
 
 pub const DEFAULT_SPEND_DAYS: u64 = 14;
@@ -264,44 +210,25 @@ impl SpendQuery {
         Ok(SpendQuery { scope: scope.ok_or("give key_id or agent_run_label")?, days })
     }
 
-    /// Audit rows of the scope from the first day shown, summed per UTC day: one index range
-    /// (`audit_by_key` or `audit_by_label`). A row counts on the day of its call, also when a
-    /// late price moved its cost afterwards.
+    /// Audit rows of the scope from the first day shown, summed per UTC day (one index range,
+    /// `audit_by_key` or `audit_by_label`), joined to every day of the window so a day without
+    /// spend shows 0, and answered as JSON built by SQLite. A row counts on the day of its call,
+    /// also when a late price moved its cost afterwards.
     pub fn sql(&self, now_ms: u64) -> (String, Vec<SqlValue>) {
         let (column, value) = self.scope.column();
+        let last = utc_day(now_ms);
+        let first = (last + 1).saturating_sub(self.days);
         let sql = format!(
-            "SELECT ts_ms / {MS_PER_DAY} AS day, SUM(cost_micros) AS cost_micros FROM audit \
-             WHERE {column} = ?1 AND ts_ms >= ?2 GROUP BY day"
+            "WITH RECURSIVE d(day) AS (SELECT ?2 UNION ALL SELECT day + 1 FROM d WHERE day < ?3), \
+             s AS (SELECT ts_ms / {MS_PER_DAY} AS day, SUM(cost_micros) AS cost FROM audit \
+             WHERE {column} = ?1 AND ts_ms >= ?2 * {MS_PER_DAY} GROUP BY day) \
+             SELECT json_object('scope', '{column}', 'value', ?1, 'days', json_group_array(json_object(\
+             'day', date(d.day * 86400, 'unixepoch'), 'cost_usd', {cost}) ORDER BY d.day)) AS j \
+             FROM d LEFT JOIN s ON s.day = d.day",
+            cost = usd_sql("COALESCE(s.cost, 0)"),
         );
-        (sql, vec![SqlValue::Text(value.to_string()), SqlValue::Int(self.first_day(now_ms) * MS_PER_DAY)])
+        (sql, vec![SqlValue::Text(value.to_string()), SqlValue::Int(first), SqlValue::Int(last)])
     }
-
-    fn first_day(&self, now_ms: u64) -> u64 {
-        (utc_day(now_ms) + 1).saturating_sub(self.days)
-    }
-
-    /// Every day of the window, zero where nothing was spent.
-    pub fn fill(&self, now_ms: u64, rows: &[DayRow]) -> Vec<DaySpend> {
-        (self.first_day(now_ms)..=utc_day(now_ms))
-            .map(|day| DaySpend {
-                day: rfc3339(day * MS_PER_DAY)[..10].to_string(),
-                cost_usd: Micros(rows.iter().filter(|r| r.day == day).map(|r| r.cost_micros).sum()),
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DayRow {
-    pub day: u64,
-    pub cost_micros: u64,
-}
-
-#[derive(Debug, PartialEq, Eq, Serialize)]
-pub struct DaySpend {
-    pub day: String,
-    #[serde(with = "usd")]
-    pub cost_usd: Micros,
 }
 
 #[cfg(test)]
@@ -335,54 +262,30 @@ mod tests {
     fn key_list_sql_numbers_its_binds_in_order() {
         let q = list(&format!("agent_run_label=r&status=expired&vendor=stripe&starting_after={KEY}&limit=5")).unwrap();
         let (sql, binds) = q.sql(1_000);
-        assert!(sql.contains("k.agent_run_label = ?1"), "{sql}");
-        assert!(sql.contains("k.vendor = ?2"), "{sql}");
-        assert!(sql.contains("k.expires_at_ms <= ?3"), "{sql}");
+        assert!(sql.contains("k.agent_run_label = ?2"), "{sql}");
+        assert!(sql.contains("k.vendor = ?3"), "{sql}");
+        assert!(sql.contains("k.expires_at_ms <= ?1 AND") || sql.contains("k.expires_at_ms <= ?1"), "{sql}");
         assert!(sql.contains("WHERE key_id = ?4"), "{sql}");
-        assert!(sql.ends_with("LIMIT ?5"), "{sql}");
-        assert_eq!(binds.last(), Some(&SqlValue::Int(6)));
-        assert_eq!(binds.len(), 5);
-    }
-
-    fn row(revoked: Option<u64>, expires: u64) -> KeyRow {
-        KeyRow {
-            key_id: KEY.into(),
-            vendor: "stripe".into(),
-            agent_run_label: None,
-            daily_cap_micros: 5_000_000,
-            max_per_call_micros: None,
-            allowed_endpoints: "[\"POST /v1/payment_intents\"]".into(),
-            created_at_ms: 0,
-            expires_at_ms: expires,
-            revoked_at_ms: revoked,
-            calls: 2,
-            cost_micros: 4_000_000,
-        }
+        assert!(sql.contains("LIMIT 6)") && sql.contains("rn <= 5"), "{sql}");
+        assert_eq!(binds[0], SqlValue::Int(1_000));
+        assert_eq!(binds.len(), 4);
     }
 
     #[test]
-    fn a_listed_key_has_its_status_at_now() {
-        assert_eq!(KeyListItem::new(row(None, 100), 99).status, "active");
-        assert_eq!(KeyListItem::new(row(None, 100), 100).status, "expired");
-        assert_eq!(KeyListItem::new(row(Some(50), 100), 200).status, "revoked");
-        let list = KeyList::new(vec![row(None, 1), row(None, 1), row(None, 1)], 2, 0);
-        assert!(list.has_more);
-        assert_eq!(list.data.len(), 2);
-        assert_eq!(list.data[0].allowed_endpoints, vec!["POST /v1/payment_intents".to_string()]);
+    fn usd_and_timestamps_in_sql_mirror_the_rust_formats() {
+        // The SQL takes the same integer steps as `Micros::to_usd_string` and `rfc3339`.
+        assert!(usd_sql("m").contains("printf('%d.%06d', (m) / 1000000, (m) % 1000000)"));
+        assert!(usd_sql("m").contains("IS NULL THEN 'null'"));
+        assert!(timestamp_sql("t").contains("printf('.%03dZ', (t) % 1000)"));
     }
 
     #[test]
-    fn spend_fills_every_day_of_the_window() {
+    fn spend_covers_the_window_ending_today() {
         let q = SpendQuery::parse([("key_id", KEY), ("days", "3")].into_iter()).unwrap();
         let now = 20_000 * MS_PER_DAY + 5;
         let (sql, binds) = q.sql(now);
         assert!(sql.contains("key_id = ?1"));
-        assert_eq!(binds[1], SqlValue::Int(19_998 * MS_PER_DAY));
-        let days = q.fill(now, &[DayRow { day: 20_000, cost_micros: 7 }, DayRow { day: 19_998, cost_micros: 1 }]);
-        assert_eq!(days.len(), 3);
-        assert_eq!(days[0], DaySpend { day: "2024-10-02".into(), cost_usd: Micros(1) });
-        assert_eq!(days[1].cost_usd, Micros(0));
-        assert_eq!(days[2].cost_usd, Micros(7));
+        assert_eq!(binds, vec![SqlValue::Text(KEY.into()), SqlValue::Int(19_998), SqlValue::Int(20_000)]);
         assert!(SpendQuery::parse([("days", "3")].into_iter()).is_err());
         assert!(SpendQuery::parse([("key_id", KEY), ("agent_run_label", "x")].into_iter()).is_err());
         assert!(SpendQuery::parse([("key_id", KEY), ("days", "91")].into_iter()).is_err());

@@ -8,29 +8,16 @@ use crate::core::clock::rfc3339;
 use crate::core::encoding::{base64url, hex};
 use crate::core::error::ProxyError;
 use crate::core::keys::MAX_BODY_BYTES;
+use crate::core::listing::timestamp_sql;
 use crate::core::token::is_key_id;
 use crate::runtime::{js_number, now_ms};
 use crate::shell::admin::authorize;
 use crate::shell::errors::internal;
-use crate::shell::listing::{json, pairs, select};
+use crate::shell::listing::{json_answer, json_query, pairs};
 use crate::shell::request::read_body;
-use serde::Deserialize;
 use worker::{Env, Request, Response};
 
 type Answer = Result<Response, ProxyError>;
-
-#[derive(Deserialize)]
-struct HookRow {
-    id: String,
-    url: String,
-    events: String,
-    created_at_ms: u64,
-}
-
-fn view(h: &HookRow) -> serde_json::Value {
-    let events: Vec<String> = serde_json::from_str(&h.events).unwrap_or_default();
-    serde_json::json!({ "id": h.id, "url": h.url, "events": events, "created_at": rfc3339(h.created_at_ms) })
-}
 
 fn random<const N: usize>() -> Result<[u8; N], ProxyError> {
     let mut bytes = [0u8; N];
@@ -43,13 +30,9 @@ pub async fn create(mut req: Request, env: &Env) -> Answer {
     authorize(&req, env).await?;
     let body = read_body(&mut req, MAX_BODY_BYTES).await?;
     let hook = parse_webhook(&body).map_err(ProxyError::InvalidRequest)?;
-    #[derive(Deserialize)]
-    struct Count {
-        n: u64,
-    }
-    let live: Vec<Count> =
-        select(env, "SELECT COUNT(*) AS n FROM webhooks WHERE deleted_at_ms IS NULL".into(), vec![]).await?;
-    if live.first().map_or(0, |c| c.n) >= MAX_WEBHOOKS as u64 {
+    let live =
+        json_query(env, "SELECT CAST(COUNT(*) AS TEXT) AS j FROM webhooks WHERE deleted_at_ms IS NULL", vec![]).await?;
+    if live.parse::<usize>().unwrap_or(MAX_WEBHOOKS) >= MAX_WEBHOOKS {
         return Err(ProxyError::InvalidRequest(format!("at most {MAX_WEBHOOKS} webhooks; delete one first")));
     }
     let id = format!("wh_{}", hex(&random::<8>()?));
@@ -73,22 +56,22 @@ pub async fn create(mut req: Request, env: &Env) -> Answer {
         .run()
         .await
         .map_err(internal("webhook insert"))?;
-    let row = HookRow { id, url: hook.url, events, created_at_ms: now };
-    let mut answer = view(&row);
-    answer["secret"] = secret.into();
-    Ok(json(&answer)?.with_status(201))
+    let events: Vec<&str> = hook.events.iter().map(|e| e.name()).collect();
+    let answer = serde_json::json!({
+        "id": id, "url": hook.url, "events": events, "created_at": rfc3339(now), "secret": secret,
+    });
+    Ok(json_answer(answer.to_string())?.with_status(201))
 }
 
 /// `GET /vault/webhooks`: without secrets.
 pub async fn list(req: &Request, env: &Env) -> Answer {
     authorize(req, env).await?;
-    let rows: Vec<HookRow> = select(
-        env,
-        "SELECT id, url, events, created_at_ms FROM webhooks WHERE deleted_at_ms IS NULL ORDER BY created_at_ms".into(),
-        vec![],
-    )
-    .await?;
-    json(&serde_json::json!({ "data": rows.iter().map(view).collect::<Vec<_>>() }))
+    let sql = format!(
+        "SELECT json_object('data', json_group_array(json_object('id', id, 'url', url, 'events', json(events), \
+         'created_at', {created}) ORDER BY created_at_ms, id)) AS j FROM webhooks WHERE deleted_at_ms IS NULL",
+        created = timestamp_sql("created_at_ms"),
+    );
+    json_answer(json_query(env, &sql, vec![]).await?)
 }
 
 /// `DELETE /vault/webhooks/{id}`: no delivery to it is attempted afterwards.
@@ -107,15 +90,13 @@ pub async fn delete(req: &Request, env: &Env, id: &str) -> Answer {
     if changed == 0 {
         return Err(ProxyError::NotFound);
     }
-    json(&serde_json::json!({ "id": id, "deleted": true }))
+    json_answer(serde_json::json!({ "id": id, "deleted": true }).to_string())
 }
 
 /// `GET /vault/webhooks/deliveries?key_id=&event_id=&limit=`: attempts, newest first.
 pub async fn deliveries(req: &Request, env: &Env) -> Answer {
     authorize(req, env).await?;
-    let mut sql = String::from(
-        "SELECT seq, event_id, type, webhook_id, key_id, ts_ms, attempt, status, ok, error FROM webhook_deliveries WHERE 1",
-    );
+    let mut sql = String::from("SELECT * FROM webhook_deliveries WHERE 1");
     let mut binds = Vec::new();
     let mut limit = 100u64;
     let mut seen = Vec::new();
@@ -146,27 +127,11 @@ pub async fn deliveries(req: &Request, env: &Env) -> Answer {
     }
     binds.push(SqlValue::Int(limit));
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", binds.len()));
-    #[derive(Deserialize)]
-    struct Row {
-        event_id: String,
-        r#type: String,
-        webhook_id: String,
-        key_id: Option<String>,
-        ts_ms: u64,
-        attempt: u32,
-        status: Option<u16>,
-        ok: u8,
-        error: Option<String>,
-    }
-    let rows: Vec<Row> = select(env, sql, binds).await?;
-    let data: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "event_id": r.event_id, "type": r.r#type, "webhook_id": r.webhook_id, "key_id": r.key_id,
-                "ts": rfc3339(r.ts_ms), "attempt": r.attempt, "status": r.status, "ok": r.ok != 0, "error": r.error,
-            })
-        })
-        .collect();
-    json(&serde_json::json!({ "data": data }))
+    let sql = format!(
+        "SELECT json_object('data', json_group_array(json_object('event_id', event_id, 'type', type, \
+         'webhook_id', webhook_id, 'key_id', key_id, 'ts', {ts}, 'attempt', attempt, 'status', status, \
+         'ok', json(CASE WHEN ok THEN 'true' ELSE 'false' END), 'error', error) ORDER BY seq DESC)) AS j FROM ({sql})",
+        ts = timestamp_sql("ts_ms"),
+    );
+    json_answer(json_query(env, &sql, binds).await?)
 }

@@ -20,11 +20,11 @@ use crate::core::money::Micros;
 use crate::ledger::protocol::{CallResult, LedgerCall, LedgerReply};
 use crate::ledger::Ledger;
 use futures_util::future::{select, Either};
-use serde::Deserialize;
 use std::time::Duration;
 use wasm_bindgen::JsValue;
 use worker::{
     console_error, AbortController, Date, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Result,
+    SqlCursor, SqlStorageValue,
 };
 
 const SCHEMA: &str = "
@@ -78,6 +78,25 @@ fn data(state: &KeyState) -> EventData<'_> {
     }
 }
 
+/// A cursor's rows as plain values: no row type to decode, which keeps the wasm small.
+fn rows(cursor: SqlCursor) -> Result<Vec<Vec<SqlStorageValue>>> {
+    cursor.raw().collect()
+}
+
+fn integer(row: &[SqlStorageValue], i: usize) -> u64 {
+    match row.get(i) {
+        Some(SqlStorageValue::Integer(n)) => *n as u64,
+        _ => 0,
+    }
+}
+
+fn text(row: &[SqlStorageValue], i: usize) -> Option<String> {
+    match row.get(i) {
+        Some(SqlStorageValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Queues an event unless one with its id exists. Returns whether it was queued.
 fn enqueue(store: &SqlStore, id: &str, kind: EventType, body: Option<String>, now: u64, due: u64) -> Result<bool> {
     let cursor = store.sql.exec(
@@ -107,16 +126,13 @@ fn thresholds(store: &SqlStore, state: &KeyState, now: u64) -> Result<bool> {
     if c.alert_thresholds.is_empty() {
         return Ok(false);
     }
-    #[derive(Deserialize)]
-    struct Fired {
-        threshold: u32,
-    }
     let day = utc_day(now);
-    let fired: Vec<Fired> = store
-        .sql
-        .exec("SELECT threshold FROM alert_fired WHERE day = ? AND kind = 'threshold'", vec![int(day)])?
-        .to_array()?;
-    let fired: Vec<u32> = fired.into_iter().map(|f| f.threshold).collect();
+    let fired: Vec<u32> = rows(
+        store.sql.exec("SELECT threshold FROM alert_fired WHERE day = ? AND kind = 'threshold'", vec![int(day)])?,
+    )?
+    .iter()
+    .map(|r| integer(r, 0) as u32)
+    .collect();
     let mut queued = false;
     for t in due_thresholds(&c.alert_thresholds, c.daily_cap, state.spent, &fired) {
         first_time(store, day, "threshold", t)?;
@@ -201,20 +217,18 @@ impl VaultKey {
 
     /// When the alarm should wake for alerts: the earliest event due.
     pub(super) fn alerts_next_at(&self) -> Option<u64> {
-        #[derive(Deserialize)]
-        struct Next {
-            at: Option<u64>,
-        }
         let store = self.store();
         store.sql.exec(SCHEMA, None).ok()?;
-        let next = store.sql.exec("SELECT MIN(due_ms) AS at FROM alert_events", None).ok()?.one::<Next>().ok()?;
-        next.at
+        let next = rows(store.sql.exec("SELECT MIN(due_ms) FROM alert_events", None).ok()?).ok()?;
+        match next.first()?.first()? {
+            SqlStorageValue::Integer(at) => Some(*at as u64),
+            _ => None,
+        }
     }
 
     /// Delivers every event that is due to every webhook subscribed to it that has not had it
     /// yet, then logs each attempt to D1. A failed attempt is tried again with backoff.
     pub(super) async fn deliver_alerts(&self) -> Result<()> {
-        #[derive(Deserialize)]
         struct Event {
             id: String,
             kind: String,
@@ -222,33 +236,56 @@ impl VaultKey {
             attempts: u32,
             delivered: String,
         }
-        #[derive(Deserialize)]
         struct Hook {
             id: String,
             url: String,
-            events: String,
+            events: Vec<String>,
             secret: String,
         }
         let store = self.store();
         store.sql.exec(SCHEMA, None)?;
         let now = Date::now().as_millis();
-        let due: Vec<Event> = store
-            .sql
-            .exec(
-                "SELECT * FROM alert_events WHERE due_ms <= ? ORDER BY due_ms LIMIT ?",
-                vec![int(now), int(DELIVERY_BATCH)],
-            )?
-            .to_array()?;
+        let due: Vec<Event> = rows(store.sql.exec(
+            "SELECT id, kind, body, attempts, delivered FROM alert_events WHERE due_ms <= ? ORDER BY due_ms LIMIT ?",
+            vec![int(now), int(DELIVERY_BATCH)],
+        )?)?
+        .iter()
+        .map(|r| Event {
+            id: text(r, 0).unwrap_or_default(),
+            kind: text(r, 1).unwrap_or_default(),
+            body: text(r, 2),
+            attempts: integer(r, 3) as u32,
+            delivered: text(r, 4).unwrap_or_default(),
+        })
+        .collect();
         if due.is_empty() {
             return Ok(());
         }
         let db = self.env.d1("DB")?;
         // Root's webhooks hear of every key; an issuer's will hear of its own keys only.
-        let hooks: Vec<Hook> = db
-            .prepare("SELECT id, url, events, secret FROM webhooks WHERE deleted_at_ms IS NULL AND owner = 'root'")
-            .all()
-            .await?
-            .results()?;
+        // As one JSON text built by SQLite: no row type to decode.
+        let hooks: Option<String> = db
+            .prepare(
+                "SELECT json_group_array(json_array(id, url, json(events), secret)) AS j FROM webhooks \
+                 WHERE deleted_at_ms IS NULL AND owner = 'root'",
+            )
+            .first(Some("j"))
+            .await?;
+        let hooks: Vec<Hook> = serde_json::from_str::<serde_json::Value>(hooks.as_deref().unwrap_or("[]"))?
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|h| {
+                        let field = |i: usize| h.get(i).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                        let events = h
+                            .get(2)
+                            .and_then(|e| e.as_array())
+                            .map_or(Vec::new(), |e| e.iter().filter_map(|n| n.as_str().map(String::from)).collect());
+                        Hook { id: field(0), url: field(1), events, secret: field(3) }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let first_backoff = self.settings().alarm_backoff_ms;
         let mut log = Vec::new();
         for event in due {
@@ -262,12 +299,7 @@ impl VaultKey {
                 },
             };
             let mut delivered: Vec<String> = serde_json::from_str(&event.delivered).unwrap_or_default();
-            let subscribed: Vec<&Hook> = hooks
-                .iter()
-                .filter(|h| {
-                    serde_json::from_str::<Vec<String>>(&h.events).is_ok_and(|e| e.iter().any(|n| n == kind.name()))
-                })
-                .collect();
+            let subscribed: Vec<&Hook> = hooks.iter().filter(|h| h.events.iter().any(|n| n == kind.name())).collect();
             let attempt = event.attempts + 1;
             let targets: Vec<&Hook> = subscribed.iter().copied().filter(|h| !delivered.contains(&h.id)).collect();
             for hook in targets {
