@@ -155,10 +155,21 @@ impl VaultKey {
     /// Right after a call was handled, in the same step: the events it causes. Returns when
     /// the alarm should next deliver, if anything was queued.
     pub(super) fn alert_after(&self, hint: Hint, reply: &LedgerReply) -> Result<Option<u64>> {
-        if matches!(hint, Hint::Other) {
+        // Most calls cause nothing: an admitted reserve never does, and a settled call only on
+        // a key with thresholds. They return here, before any state is read.
+        let relevant = matches!(
+            (&hint, reply),
+            (Hint::Reserve, LedgerReply::Denied { error: ProxyError::CapExhausted { .. } })
+                | (Hint::Finish { .. }, LedgerReply::Finished)
+                | (Hint::Create | Hint::Refresh | Hint::Revoke, LedgerReply::State { .. })
+        );
+        if !relevant {
             return Ok(None);
         }
         let Some(state) = self.key_state()? else { return Ok(None) };
+        if matches!(hint, Hint::Finish { unknown: false, .. }) && state.config.alert_thresholds.is_empty() {
+            return Ok(None);
+        }
         let store = self.store();
         store.sql.exec(SCHEMA, None)?;
         let now = Date::now().as_millis();
