@@ -28,12 +28,14 @@ pub fn parse_thresholds(raw: Option<&RawValue>) -> Result<Vec<u32>, String> {
     if items.is_empty() || items.len() > MAX_THRESHOLDS {
         return Err(bad());
     }
-    let mut points = items.iter().map(|i| basis_points(i.get()).ok_or_else(bad)).collect::<Result<Vec<_>, _>>()?;
-    points.sort_unstable();
-    let before = points.len();
-    points.dedup();
-    if points.len() != before {
-        return Err(bad());
+    // Kept sorted by insertion: at most ten, and `sort` would pull a general sort into the wasm.
+    let mut points: Vec<u32> = Vec::with_capacity(items.len());
+    for item in &items {
+        let p = basis_points(item.get()).ok_or_else(bad)?;
+        match points.binary_search(&p) {
+            Ok(_) => return Err(bad()),
+            Err(at) => points.insert(at, p),
+        }
     }
     Ok(points)
 }
@@ -85,8 +87,9 @@ pub mod ratios {
 /// The spend at which a threshold is crossed: rounded up, so 80% of a cap is reached only when
 /// at least 80% is spent.
 pub fn threshold_amount(cap: Micros, points: u32) -> Micros {
-    let scaled = u128::from(cap.0) * u128::from(points);
-    Micros(scaled.div_ceil(u128::from(WHOLE)) as u64)
+    // cap = q·W + r, so ⌈cap·p / W⌉ = q·p + ⌈r·p / W⌉, in u64 without overflow: q·p ≤ cap.
+    let (whole, points) = (u64::from(WHOLE), u64::from(points));
+    Micros(cap.0 / whole * points + (cap.0 % whole * points).div_ceil(whole))
 }
 
 /// The thresholds `spent` has reached that have not fired yet today. A zero cap has none: every
@@ -321,6 +324,9 @@ mod tests {
         // Rounded up: a third of 1 micro-dollar is reached only at 1.
         assert_eq!(threshold_amount(Micros(1), 3_333), Micros(1));
         assert_eq!(threshold_amount(Micros(3), 3_333), Micros(1));
+        assert_eq!(threshold_amount(Micros(10_001), 5_000), Micros(5_001));
+        assert_eq!(threshold_amount(Micros(u64::MAX / 2), WHOLE), Micros(u64::MAX / 2));
+        assert_eq!(threshold_amount(Micros(7_777_777), 8_000), Micros(6_222_222));
     }
 
     #[test]

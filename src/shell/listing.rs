@@ -4,30 +4,42 @@
 
 use crate::core::audit::SqlValue;
 use crate::core::error::ProxyError;
-use crate::core::listing::{KeyListQuery, SpendQuery};
+use crate::core::listing::{timestamp_sql, KeyListQuery, SpendQuery};
+use crate::core::token::is_key_id;
 use crate::runtime::{js_number, now_ms};
 use crate::shell::admin::authorize;
 use crate::shell::errors::internal;
 use wasm_bindgen::JsValue;
 use worker::{Env, Headers, Request, Response};
 
-/// `GET /vault/keys`: one D1 statement for the page, whatever its size. Live figures (today's
-/// spend, held money) are each key's object's: the console asks `GET /vault/keys/{id}` for the
-/// active keys it shows, so a listing never waits on a hundred objects.
-pub async fn list_keys(req: &Request, env: &Env) -> Result<Response, ProxyError> {
-    authorize(req, env).await?;
-    let query = KeyListQuery::parse(pairs(req)?.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(ProxyError::InvalidRequest)?;
-    let (sql, binds) = query.sql(now_ms());
-    json_answer(json_query(env, &sql, binds).await?)
+/// The admin reads that are one D1 statement answering its own JSON.
+pub enum Read {
+    /// `GET /vault/keys`: one statement for the page, whatever its size. Live figures (today's
+    /// spend, held money) are each key's object's: the console asks `GET /vault/keys/{id}` for
+    /// the active keys it shows, so a listing never waits on a hundred objects.
+    Keys,
+    /// `GET /vault/spend`: cost per UTC day over the last `days` days.
+    Spend,
+    Webhooks,
+    Deliveries,
 }
 
-/// `GET /vault/spend`: cost per UTC day over the last `days` days.
-pub async fn spend(req: &Request, env: &Env) -> Result<Response, ProxyError> {
+/// Runs one [`Read`]: authorize, build its statement, send SQLite's JSON on. One async path for
+/// all of them keeps the wasm small.
+pub async fn read(req: &Request, env: &Env, which: Read) -> Result<Response, ProxyError> {
     authorize(req, env).await?;
-    let query = SpendQuery::parse(pairs(req)?.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(ProxyError::InvalidRequest)?;
-    let (sql, binds) = query.sql(now_ms());
+    let pairs = pairs(req)?;
+    let query = || pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let no_params = || match pairs.first() {
+        Some((k, _)) => Err(ProxyError::InvalidRequest(format!("unknown parameter {k:?}"))),
+        None => Ok(()),
+    };
+    let (sql, binds) = match which {
+        Read::Keys => KeyListQuery::parse(query()).map_err(ProxyError::InvalidRequest)?.sql(now_ms()),
+        Read::Spend => SpendQuery::parse(query()).map_err(ProxyError::InvalidRequest)?.sql(now_ms()),
+        Read::Webhooks => no_params().map(|()| webhooks_sql())?,
+        Read::Deliveries => deliveries_sql(pairs.clone())?,
+    };
     json_answer(json_query(env, &sql, binds).await?)
 }
 
@@ -61,4 +73,56 @@ pub fn json_answer(text: String) -> Result<Response, ProxyError> {
     let headers = Headers::new();
     headers.set("content-type", "application/json").map_err(internal("listing headers"))?;
     Ok(Response::from_bytes(text.into_bytes()).map_err(internal("listing body"))?.with_headers(headers))
+}
+
+/// `GET /vault/webhooks`: without secrets.
+fn webhooks_sql() -> (String, Vec<SqlValue>) {
+    let sql = format!(
+        "SELECT json_object('data', json_group_array(json_object('id', id, 'url', url, 'events', json(events), \
+         'created_at', {created}) ORDER BY created_at_ms, id)) AS j FROM webhooks WHERE deleted_at_ms IS NULL",
+        created = timestamp_sql("created_at_ms"),
+    );
+    (sql, vec![])
+}
+
+/// `GET /vault/webhooks/deliveries?key_id=&event_id=&limit=`: attempts, newest first.
+fn deliveries_sql(pairs: Vec<(String, String)>) -> Result<(String, Vec<SqlValue>), ProxyError> {
+    let mut sql = String::from("SELECT * FROM webhook_deliveries WHERE 1");
+    let mut binds = Vec::new();
+    let mut limit = 100u64;
+    let mut seen = Vec::new();
+    for (k, v) in pairs {
+        if seen.contains(&k) {
+            return Err(ProxyError::InvalidRequest(format!("{k} is given more than once")));
+        }
+        match k.as_str() {
+            "key_id" if is_key_id(&v) => {
+                binds.push(SqlValue::Text(v.clone()));
+                sql.push_str(&format!(" AND key_id = ?{}", binds.len()));
+            }
+            "event_id" if v.starts_with("evt_") && v.len() <= 128 => {
+                binds.push(SqlValue::Text(v.clone()));
+                sql.push_str(&format!(" AND event_id = ?{}", binds.len()));
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=500).contains(l))
+                    .ok_or_else(|| ProxyError::InvalidRequest("limit must be between 1 and 500".into()))?
+            }
+            "key_id" | "event_id" => return Err(ProxyError::InvalidRequest(format!("{k} is not a valid id"))),
+            _ => return Err(ProxyError::InvalidRequest(format!("unknown parameter {k:?}"))),
+        }
+        seen.push(k);
+    }
+    binds.push(SqlValue::Int(limit));
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", binds.len()));
+    let sql = format!(
+        "SELECT json_object('data', json_group_array(json_object('event_id', event_id, 'type', type, \
+         'webhook_id', webhook_id, 'key_id', key_id, 'ts', {ts}, 'attempt', attempt, 'status', status, \
+         'ok', json(CASE WHEN ok THEN 'true' ELSE 'false' END), 'error', error) ORDER BY seq DESC)) AS j FROM ({sql})",
+        ts = timestamp_sql("ts_ms"),
+    );
+    Ok((sql, binds))
 }

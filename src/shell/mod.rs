@@ -36,13 +36,13 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::MethodNotAllowed(allow) => Err(ProxyError::MethodNotAllowed(allow.into())),
         Route::UnknownMethod => Err(ProxyError::MethodNotAllowed(KNOWN_METHODS.join(", "))),
         // Console and alerts (issue 11).
-        Route::ListKeys => listing::list_keys(&req, &env).await,
-        Route::Spend => listing::spend(&req, &env).await,
+        Route::ListKeys => listing::read(&req, &env, listing::Read::Keys).await,
+        Route::Spend => listing::read(&req, &env, listing::Read::Spend).await,
         Route::Console => console::answer(&req, &path),
         Route::CreateWebhook => webhooks::create(req, &env).await,
-        Route::ListWebhooks => webhooks::list(&req, &env).await,
+        Route::ListWebhooks => listing::read(&req, &env, listing::Read::Webhooks).await,
         Route::DeleteWebhook(id) => webhooks::delete(&req, &env, id).await,
-        Route::WebhookDeliveries => webhooks::deliveries(&req, &env).await,
+        Route::WebhookDeliveries => listing::read(&req, &env, listing::Read::Deliveries).await,
     };
     match answer {
         Ok(response) => Ok(response),
