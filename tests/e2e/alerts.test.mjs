@@ -2,7 +2,7 @@
 // delivered by its alarm, signed, retried, logged. A local receiver checks every signature.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { useKeybrake, stripeClient, until, ADMIN_KEY } from "./harness.mjs";
+import { useKeybrake, stripeClient, twilioClient, until, ADMIN_KEY } from "./harness.mjs";
 import { startWebhookReceiver, verifyKeybrakeSignature } from "../fakes/webhook-receiver.mjs";
 
 const kb = useKeybrake();
@@ -147,6 +147,30 @@ test("a call whose outcome is unknown sends call.unknown_outcome", async (t) => 
   assert.equal(event.type, "call.unknown_outcome");
   assert.equal(event.data.status, 500);
   assert.equal(typeof event.data.reservation_id, "number");
+});
+
+test("a late Twilio price sends call.reconciled; the threshold fired once, on the estimate", async (t) => {
+  const r = await receiver(t, ["call.reconciled", "key.threshold_crossed"]);
+  const key = await kb.issueKey({
+    vendor: "twilio",
+    daily_usd_cap: 0.02,
+    alert_thresholds: [0.25],
+    agent_run_label: "alerts/twilio",
+    allowed_endpoints: ["POST /2010-04-01/Accounts/{AccountSid}/Messages.json"],
+  });
+  const client = await twilioClient(kb, key.vault_key);
+  await client.messages.create({ to: "+14155550100", from: "+15005550006", body: "hello" });
+  const events = await until("the reconciled event and the threshold", () => {
+    const got = r.events((e) => e.data.key_id === key.key_id);
+    return got.length === 2 && got;
+  }, 15_000);
+  const reconciled = events.find((e) => e.type === "call.reconciled");
+  const state = await kb.key(key);
+  assert.equal(reconciled.data.cost_usd, state.spent_usd, "the event carries the vendor's real price");
+  assert.equal(typeof reconciled.data.reconciliation_id, "number");
+  const crossed = events.find((e) => e.type === "key.threshold_crossed");
+  assert.equal(crossed.data.threshold, 0.25);
+  assert.equal(crossed.data.threshold_usd, 0.005);
 });
 
 test("the admin token and vault keys never appear in an event or the delivery log", async (t) => {
