@@ -147,6 +147,7 @@ function cell(label, content, num = false) {
 // --------------------------------------------------------------------------------- sign-in
 
 function signOut(message) {
+  clearInterval(autoTimer);
   sessionStorage.removeItem(TOKEN_KEY);
   $("view").hidden = true;
   $("view").replaceChildren();
@@ -180,6 +181,18 @@ function show() {
   $("nav").hidden = false;
   $("view").hidden = false;
   route();
+}
+
+/** A "refresh every 5 s" switch for a view; the timer ends when the view is left. */
+let autoTimer = null;
+function autoRefresh(load) {
+  const id = `auto-${Date.now()}`;
+  const box = h("input", { type: "checkbox", id });
+  box.addEventListener("change", () => {
+    clearInterval(autoTimer);
+    autoTimer = box.checked ? setInterval(() => load().catch(fail), 5000) : null;
+  });
+  return h("span", { class: "auto" }, box, h("label", { for: id, text: " Refresh every 5 s" }));
 }
 
 // ---------------------------------------------------------------------------------- revoke
@@ -359,7 +372,7 @@ async function keysView(view) {
   view.append(
     h("h2", { text: "Keys" }),
     form,
-    h("div", { class: "actions" }, refresh),
+    h("div", { class: "actions" }, refresh, autoRefresh(() => load(true))),
     h(
       "div",
       { class: "table-wrap" },
@@ -458,7 +471,9 @@ async function scopeView(view, { label, keyId }) {
   const heading = label ? `Run ${label}` : `Key ${keyId}`;
   view.append(h("h2", { text: heading }), h("p", {}, h("a", { href: "#/keys", text: "← All keys" })));
   const body = h("div");
-  view.append(body);
+  // Built once, outside what a refresh replaces, so the auto-refresh switch keeps its state.
+  const actions = h("div", { class: "actions" });
+  view.append(actions, body);
   const load = async () => {
     clearMessages();
     const keys = label ? await allKeys(label) : [await api("GET", `/vault/keys/${encodeURIComponent(keyId)}`)];
@@ -478,11 +493,8 @@ async function scopeView(view, { label, keyId }) {
       h("div", {}, h("dt", { text: "Calls" }), h("dd", { text: String(audit.count) })),
       h("div", {}, h("meter", { min: 0, max: (label ? capToday : keys[0].daily_usd_cap) || 1, value: today, "aria-label": "Spent today against the daily cap" })),
     );
-    const actions = h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", text: "Refresh", onclick: () => load().catch(fail) }));
-    if (label) actions.append(runRevokeButton(label, () => load()));
     body.replaceChildren(
       summary,
-      actions,
       h("h3", { text: "Spend per day (UTC)" }),
       chart(spend.days),
       h("h3", { text: label ? "Keys of this run" : "Key" }),
@@ -505,6 +517,11 @@ async function scopeView(view, { label, keyId }) {
     else await fillLive(rows);
     say(`Updated ${new Date().toLocaleTimeString()}.`);
   };
+  actions.append(
+    h("button", { type: "button", class: "secondary", text: "Refresh", onclick: () => load().catch(fail) }),
+    autoRefresh(load),
+  );
+  if (label) actions.append(runRevokeButton(label, () => load()));
   await load();
 }
 
@@ -554,6 +571,7 @@ async function alertsView(view) {
 // --------------------------------------------------------------------------------- routing
 
 async function route() {
+  clearInterval(autoTimer);
   if (!sessionStorage.getItem(TOKEN_KEY)) return signOut();
   clearMessages();
   const view = $("view");

@@ -105,6 +105,13 @@ test("sign in, watch a charge move the spend bar, open the run, revoke from the 
   assert.equal(await page.locator("svg.chart rect.bar").count(), 14);
   await page.screenshot({ path: join(SHOTS, "run-1440.png"), fullPage: true });
 
+  // With auto-refresh on, the next charge shows up without a click.
+  await page.getByLabel("Refresh every 5 s").check();
+  await stripe.paymentIntents.create({ amount: 100, currency: "usd" });
+  await page.locator("#run-total").getByText("$3.00").waitFor({ timeout: 12_000 });
+  await page.getByLabel("Refresh every 5 s").uncheck();
+  assert.equal(await page.getByLabel("Refresh every 5 s").isChecked(), false);
+
   // Revoke from the UI: the row turns revoked without a reload, and the answer is shown.
   await page.evaluate(() => (window.__sameDocument = true));
   await page.locator(`#scope-keys tr[data-key-id="${key.key_id}"]`).getByRole("button", { name: /Revoke key/ }).click();
