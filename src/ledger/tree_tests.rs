@@ -64,6 +64,7 @@ fn root_config(cap_usd: u64) -> KeyConfig {
         allow_expand: false,
         issuer_id: None,
         parent_key_id: None,
+        alert_thresholds: vec![],
     }
 }
 
