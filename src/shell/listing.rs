@@ -61,8 +61,13 @@ pub async fn read(req: &Request, env: &Env, which: Read) -> Result<Response, Pro
             q.within_issuer = own;
             q.sql(now_ms())
         }
-        Read::Webhooks => no_params().map(|()| webhooks_sql(principal.owner()))?,
-        Read::Deliveries => deliveries_sql(pairs.clone(), principal.owner())?,
+        Read::Webhooks => no_params().map(|()| webhooks_sql(own.as_deref()))?,
+        Read::Deliveries => {
+            if pairs.iter().any(|(k, v)| k == "key_id" && is_key_id(v) && !principal.sees(v)) {
+                return Err(ProxyError::NotFound);
+            }
+            deliveries_sql(pairs.clone(), own.as_deref())?
+        }
     };
     json_answer(json_query(env, &sql, binds).await?)
 }
@@ -99,23 +104,36 @@ pub fn json_answer(text: String) -> Result<Response, ProxyError> {
     Ok(Response::from_bytes(text.into_bytes()).map_err(internal("listing body"))?.with_headers(headers))
 }
 
-/// `GET /vault/webhooks`: the caller's own, without secrets.
-fn webhooks_sql(owner: &str) -> (String, Vec<SqlValue>) {
-    let sql = format!(
-        "SELECT json_object('data', json_group_array(json_object('id', id, 'url', url, 'events', json(events), \
-         'created_at', {created}) ORDER BY created_at_ms, id)) AS j FROM webhooks \
-         WHERE deleted_at_ms IS NULL AND owner = ?1",
-        created = timestamp_sql("created_at_ms"),
-    );
-    (sql, vec![SqlValue::Text(owner.to_string())])
+/// The webhooks an issuer's token may see: its own. The root key sees every one.
+fn owned(issuer: Option<&str>) -> (&'static str, Vec<SqlValue>) {
+    match issuer {
+        Some(id) => (" AND owner = ?1", vec![SqlValue::Text(id.to_string())]),
+        None => ("", vec![]),
+    }
 }
 
-/// `GET /vault/webhooks/deliveries?key_id=&event_id=&limit=`: attempts to the caller's own
-/// webhooks (deleted ones included), newest first.
-fn deliveries_sql(pairs: Vec<(String, String)>, owner: &str) -> Result<(String, Vec<SqlValue>), ProxyError> {
-    let mut sql =
-        String::from("SELECT * FROM webhook_deliveries WHERE webhook_id IN (SELECT id FROM webhooks WHERE owner = ?1)");
-    let mut binds = vec![SqlValue::Text(owner.to_string())];
+/// `GET /vault/webhooks`: without secrets.
+fn webhooks_sql(issuer: Option<&str>) -> (String, Vec<SqlValue>) {
+    let (filter, binds) = owned(issuer);
+    let sql = format!(
+        "SELECT json_object('data', json_group_array(json_object('id', id, 'owner', owner, 'url', url, \
+         'events', json(events), 'created_at', {created}) ORDER BY created_at_ms, id)) AS j FROM webhooks \
+         WHERE deleted_at_ms IS NULL{filter}",
+        created = timestamp_sql("created_at_ms"),
+    );
+    (sql, binds)
+}
+
+/// `GET /vault/webhooks/deliveries?key_id=&event_id=&limit=`: attempts, newest first; for an
+/// issuer's token, only those to its own webhooks (deleted ones included).
+fn deliveries_sql(pairs: Vec<(String, String)>, issuer: Option<&str>) -> Result<(String, Vec<SqlValue>), ProxyError> {
+    let (filter, mut binds) = owned(issuer);
+    let mut sql = String::from("SELECT * FROM webhook_deliveries WHERE 1");
+    if !filter.is_empty() {
+        sql.push_str(" AND webhook_id IN (SELECT id FROM webhooks WHERE 1");
+        sql.push_str(filter);
+        sql.push(')');
+    }
     let mut limit = 100u64;
     let mut seen = Vec::new();
     for (k, v) in pairs {

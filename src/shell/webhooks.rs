@@ -61,19 +61,22 @@ pub async fn create(mut req: Request, env: &Env) -> Answer {
         .map_err(internal("webhook insert"))?;
     let events: Vec<&str> = hook.events.iter().map(|e| e.name()).collect();
     let answer = serde_json::json!({
-        "id": id, "url": hook.url, "events": events, "created_at": rfc3339(now), "secret": secret,
+        "id": id, "owner": owner, "url": hook.url, "events": events, "created_at": rfc3339(now), "secret": secret,
     });
     Ok(json_answer(answer.to_string())?.with_status(201))
 }
 
-/// `DELETE /vault/webhooks/{id}`: no delivery to it is attempted afterwards. Only its owner
-/// may delete it; anyone else's is 404.
+/// `DELETE /vault/webhooks/{id}`: no delivery to it is attempted afterwards. An issuer's token
+/// deletes only its own (another's is 404); the root key any.
 pub async fn delete(req: &Request, env: &Env, id: &str) -> Answer {
     let principal = authorize(req, env).await?;
     let result = env
         .d1("DB")
         .map_err(internal("D1 binding"))?
-        .prepare("UPDATE webhooks SET deleted_at_ms = ?1 WHERE id = ?2 AND owner = ?3 AND deleted_at_ms IS NULL")
+        .prepare(
+            "UPDATE webhooks SET deleted_at_ms = ?1 WHERE id = ?2 AND (?3 = 'root' OR owner = ?3) \
+             AND deleted_at_ms IS NULL",
+        )
         .bind(&[js_number(now_ms()), id.into(), principal.owner().into()])
         .map_err(internal("bind webhook delete"))?
         .run()
