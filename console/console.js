@@ -1,5 +1,6 @@
 // The Keybrake console. Plain DOM, no dependencies, nothing from another origin. The admin
-// token lives in this tab's sessionStorage only: never a cookie, never a URL. Every value
+// token (the root key, or an issuer's `kbi_…` token, which sees only that issuer's keys,
+// webhooks and deliveries) lives in this tab's sessionStorage only: never a cookie, never a URL. Every value
 // from the API is written with textContent, never parsed as HTML: run labels come from agents.
 
 const TOKEN_KEY = "keybrake.admin_token";
@@ -11,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 class ApiError extends Error {}
 
 const STATUS_WORDS = {
-  401: "The admin key was not accepted.",
+  401: "The token was not accepted.",
   403: "That is not allowed.",
   404: "Not found. It may have been removed.",
   429: "Too many attempts. Wait a few minutes and try again.",
@@ -76,7 +77,7 @@ function say(text) {
 }
 function fail(error) {
   $("error").textContent = error instanceof ApiError ? error.message : "Something went wrong in the console.";
-  if (error instanceof ApiError && error.status === 401) signOut("The admin key was not accepted. Sign in again.");
+  if (error instanceof ApiError && error.status === 401) signOut("The token was not accepted. Sign in again.");
 }
 function clearMessages() {
   $("status").textContent = "";
@@ -100,7 +101,8 @@ function ttl(expiresAt, status) {
   return `${Math.floor(hours / 24)} d ${hours % 24} h`;
 }
 
-const short = (id) => (id ? `${id.slice(0, 8)}…` : "—");
+// A member key (`<object id>-<n>`) keeps its number: its parent's short id would be the same.
+const short = (id) => (id ? `${id.slice(0, 8)}…${id.slice(64)}` : "—");
 const when = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—");
 
 /** A link to the vendor's dashboard for an object id, or the id as text. */
@@ -169,14 +171,21 @@ async function signIn(event) {
   } catch (e) {
     sessionStorage.removeItem(TOKEN_KEY);
     $("error").textContent =
-      e.status === 401 ? "That admin key was not accepted." : e instanceof ApiError ? e.message : "Sign-in failed.";
+      e.status === 401 ? "That token was not accepted." : e instanceof ApiError ? e.message : "Sign-in failed.";
     $("token").focus();
     return;
   }
   show();
 }
 
+/** Who the token is: an issuer's (`kbi_<issuer id>_…`) sees only its own keys; else root. */
+function who() {
+  const issuer = /^kbi_([0-9a-f]{64})_/.exec(sessionStorage.getItem(TOKEN_KEY) ?? "");
+  return issuer ? `Issuer ${short(issuer[1])}: its keys only` : "Admin key: every key";
+}
+
 function show() {
+  $("who").textContent = who();
   $("sign-in").hidden = true;
   $("nav").hidden = false;
   $("view").hidden = false;
@@ -202,14 +211,12 @@ async function revokeKey(keyId) {
 }
 
 /**
- * Revokes every key of a run and says how many. Until the server revokes a run in one call
- * (`DELETE /vault/keys?agent_run_label=…`), it revokes each key; only this function changes.
+ * Revokes every key of a run the token may see, and their descendants, in one call; the
+ * answer comes once none of them can reach a vendor. Says how many keys it revoked.
  */
 async function revokeRun(label) {
-  const keys = await allKeys(label);
-  const live = keys.filter((k) => k.status === "active");
-  const answers = await Promise.all(live.map((k) => revokeKey(k.key_id)));
-  return { revoked: answers.filter((a) => a.status === "revoked").length, keys: keys.length };
+  const answer = await api("DELETE", `/vault/keys?${new URLSearchParams({ agent_run_label: label })}`);
+  return answer.revoked;
 }
 
 async function allKeys(label) {
@@ -257,9 +264,9 @@ function runRevokeButton(label, onDone) {
     clearMessages();
     button.disabled = true;
     try {
-      const { revoked, keys } = await revokeRun(label);
+      const revoked = await revokeRun(label);
       await onDone();
-      say(`Run ${label}: ${revoked} key${revoked === 1 ? "" : "s"} revoked (${keys} in the run).`);
+      say(`Run ${label}: ${revoked} key${revoked === 1 ? "" : "s"} revoked, descendants included.`);
     } catch (e) {
       fail(e);
     } finally {
@@ -291,9 +298,13 @@ function keyRow(key) {
   const spentText = h("span", { text: key.status === "active" ? "…" : "—" });
   const held = h("span", { text: key.status === "active" ? "…" : "—" });
   const total = h("span", { text: usd(key.total_usd) });
-  const lineage = [key.issuer_id && `issuer ${short(key.issuer_id)}`, key.parent_key_id && `parent ${short(key.parent_key_id)}`]
-    .filter(Boolean)
-    .join(", ");
+  const lineage = h("span");
+  if (key.issuer_id) lineage.append(h("span", { class: "mono", text: `issuer ${short(key.issuer_id)}` }));
+  if (key.issuer_id && key.parent_key_id) lineage.append(", ");
+  if (key.parent_key_id) {
+    lineage.append("parent ", h("a", { href: `#/key/${key.parent_key_id}`, class: "mono", text: short(key.parent_key_id), "aria-label": `Parent key ${key.parent_key_id}` }));
+  }
+  if (!lineage.childNodes.length) lineage.textContent = "—";
   const row = h(
     "tr",
     { "data-key-id": key.key_id },
@@ -305,7 +316,7 @@ function keyRow(key) {
     cell("Held", held, true),
     cell("TTL left", ttl(key.expires_at, key.status)),
     cell("Total", total, true),
-    cell("Issuer / parent", lineage || "—"),
+    cell("Issuer / parent", lineage),
     cell("Action", revokeButton(key, () => markRevoked(row))),
   );
   row.live = (state) => {
@@ -555,7 +566,7 @@ async function alertsView(view) {
                 cell("Time", when(d.ts)),
                 cell("Event", h("span", { class: "mono", text: d.event_id })),
                 cell("Type", d.type),
-                cell("Key", d.key_id ? h("a", { href: `#/key/${d.key_id}`, class: "mono", text: short(d.key_id) }) : "—"),
+                cell("Key", d.key_id ? h("a", { href: `#/key/${d.key_id}`, class: "mono", text: short(d.key_id) }) : d.issuer_id ? `issuer ${short(d.issuer_id)}` : "—"),
                 cell("Attempt", String(d.attempt)),
                 cell("Result", d.ok ? `delivered (HTTP ${d.status})` : d.status ? `failed (HTTP ${d.status})` : `failed (${d.error ?? "no answer"})`),
               ),

@@ -64,7 +64,7 @@ test("a wrong token reveals nothing", async () => {
   const key = await kb.issueKey({ agent_run_label: "console/secret-run" });
   const { context, page, problems } = await openConsole();
   await signIn(page, "kb_admin_wrong_token_0000000000000000");
-  await page.getByText("That admin key was not accepted.").waitFor();
+  await page.getByText("That token was not accepted.").waitFor();
   assert.equal(await page.locator("#view").isHidden(), true);
   const text = await page.locator("body").innerText();
   assert.ok(!text.includes(key.key_id.slice(0, 8)) && !text.includes("console/secret-run"), text);
@@ -133,13 +133,22 @@ test("sign in, watch a charge move the spend bar, open the run, revoke from the 
 test("revoke a whole run from its page", async () => {
   const label = `console/many-${Date.now()}`;
   const keys = [await kb.issueKey({ agent_run_label: label }), await kb.issueKey({ agent_run_label: label })];
+  const child = await kb.call("POST", `/vault/keys/${keys[0].key_id}/children`, {
+    token: keys[0].vault_key,
+    body: { daily_usd_cap: 1, agent_run_label: `${label}/child` },
+  });
+  assert.equal(child.status, 201, child.text);
   const { context, page, problems } = await openConsole();
+  const deletes = [];
+  page.on("request", (r) => r.method() === "DELETE" && deletes.push(new URL(r.url())));
   await signIn(page, ADMIN_KEY);
   await page.locator("#keys-table").waitFor();
   await page.goto(`${kb.url}/console/#/run/${encodeURIComponent(label)}`);
   await page.getByRole("button", { name: "Revoke every key of this run" }).click();
-  await page.getByText(`Run ${label}: 2 keys revoked (2 in the run).`).waitFor();
-  for (const k of keys) assert.equal((await kb.key(k)).status, "revoked");
+  // One call revokes the run, and with it the child minted under another label.
+  await page.getByText(`Run ${label}: 3 keys revoked, descendants included.`).waitFor();
+  assert.deepEqual(deletes.map((u) => `${u.pathname}${u.search}`), [`/vault/keys?agent_run_label=${encodeURIComponent(label).replace(/%20/g, "+")}`]);
+  for (const k of [...keys, child.json]) assert.equal((await kb.key(k)).status, "revoked");
   await page.locator("#scope-keys .status-revoked").nth(1).waitFor();
   assert.deepEqual(problems, []);
   await context.close();
@@ -198,5 +207,43 @@ test("the alerts page lists webhooks and the delivery log, never a secret", asyn
   await page.screenshot({ path: join(SHOTS, "alerts-1440.png"), fullPage: true });
   assert.deepEqual(problems, []);
   await kb.call("DELETE", `/vault/webhooks/${hook.json.id}`);
+  await context.close();
+});
+
+test("signed in with an issuer token, the console lists only that issuer's keys", async () => {
+  const issuerBody = (name) => ({ name, daily_usd_budget: 20, vendors: ["stripe"], allowed_endpoints: ["POST /v1/payment_intents"] });
+  const [mine, other] = await Promise.all(
+    ["console-mine", "console-other"].map(async (name) => (await kb.call("POST", "/vault/issuers", { body: issuerBody(name) })).json),
+  );
+  const issue = async (issuer, label) => {
+    const res = await kb.call("POST", "/vault/keys", {
+      token: issuer.issuer_token,
+      body: { vendor: "stripe", daily_usd_cap: 5, allowed_endpoints: ["POST /v1/payment_intents"], agent_run_label: label },
+    });
+    assert.equal(res.status, 201, res.text);
+    return res.json;
+  };
+  const own = await issue(mine, "console/issuer-mine");
+  const child = await kb.call("POST", `/vault/keys/${own.key_id}/children`, { token: own.vault_key, body: { daily_usd_cap: 1 } });
+  assert.equal(child.status, 201, child.text);
+  const theirs = await issue(other, "console/issuer-other");
+  const rootKey = await kb.issueKey({ agent_run_label: "console/issuer-root" });
+
+  const { context, page, problems } = await openConsole();
+  await signIn(page, mine.issuer_token);
+  await page.locator(`#keys-table tr[data-key-id="${child.json.key_id}"]`).waitFor();
+  await page.getByText(`Issuer ${mine.issuer_id.slice(0, 8)}…: its keys only`).waitFor();
+  const listed = await page.locator("#keys-table tr[data-key-id]").evaluateAll((rows) => rows.map((r) => r.dataset.keyId));
+  assert.deepEqual(listed.sort(), [own.key_id, child.json.key_id].sort());
+  const text = await page.locator("main").innerText();
+  for (const hidden of [theirs.key_id, rootKey.key_id]) assert.ok(!text.includes(hidden.slice(0, 8)), text);
+  assert.ok(!text.includes("console/issuer-other") && !text.includes("console/issuer-root"), text);
+  // The child shows its issuer and its parent.
+  const childRow = await page.locator(`#keys-table tr[data-key-id="${child.json.key_id}"]`).innerText();
+  assert.match(childRow, new RegExp(`issuer ${mine.issuer_id.slice(0, 8)}`));
+  assert.match(childRow, new RegExp(`parent ${own.key_id.slice(0, 8)}…${own.key_id.slice(64)}`));
+  assert.ok(!(await page.content()).includes(mine.issuer_token), "the token is never written into the page");
+  await page.screenshot({ path: join(SHOTS, "issuer-keys-1440.png"), fullPage: true });
+  assert.deepEqual(problems, []);
   await context.close();
 });
