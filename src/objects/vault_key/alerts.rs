@@ -170,27 +170,41 @@ fn fired_today(store: &SqlStore, scope: &str, day: u64) -> Result<Vec<u32>> {
     .collect())
 }
 
-/// Queues the thresholds today's spend of the key has reached that have not fired today.
-fn thresholds(store: &SqlStore, state: &KeyState, now: u64) -> Result<bool> {
-    let c = &state.config;
-    if c.alert_thresholds.is_empty() {
+/// Queues the thresholds of `key_id` that today's spend of the key and its descendants has
+/// reached (its cap binds them all) and that have not fired today.
+fn thresholds(store: &SqlStore, tree: &mut KeyTree, key_id: &str, now: u64) -> Result<bool> {
+    if tree.ledger(key_id).is_none_or(|l| l.config().alert_thresholds.is_empty()) {
         return Ok(false);
     }
+    let Some(state) = key_state(tree, store, now, key_id)? else { return Ok(false) };
+    let spent = tree.subtree_spent(key_id, now);
+    let c = &state.config;
     let day = utc_day(now);
-    let fired = fired_today(store, &c.key_id, day)?;
+    let fired = fired_today(store, key_id, day)?;
     let mut queued = false;
-    for t in due_thresholds(&c.alert_thresholds, c.daily_cap, state.spent, &fired) {
-        first_time(store, &c.key_id, day, "threshold", t)?;
+    for t in due_thresholds(&c.alert_thresholds, c.daily_cap, spent, &fired) {
+        first_time(store, key_id, day, "threshold", t)?;
         let data = EventData {
+            spent_usd: spent,
             threshold: Some(t),
             threshold_usd: Some(threshold_amount(c.daily_cap, t)),
             day: Some(day_text(day)),
-            ..data(state)
+            ..data(&state)
         };
-        let id = format!("evt_{}_{day}_t{t}", c.key_id);
+        let id = format!("evt_{key_id}_{day}_t{t}");
         queued |= queue_now(store, id, About::key(c), EventType::ThresholdCrossed, &data, now)?;
     }
     Ok(queued)
+}
+
+/// After money moved on `key_id`: the thresholds of the key, of each ancestor (their caps
+/// count its spend), and of the issuer.
+fn thresholds_above(store: &SqlStore, tree: &mut KeyTree, key_id: &str, now: u64) -> Result<bool> {
+    let mut queued = false;
+    for k in tree.chain(key_id) {
+        queued |= thresholds(store, tree, &k, now)?;
+    }
+    Ok(queued | issuer_thresholds(store, tree, now)?)
 }
 
 /// Queues the thresholds of the issuer's budget that today's spend of all its keys has reached
@@ -286,10 +300,9 @@ fn event_after(tree: &mut KeyTree, store: &SqlStore, now: u64, hint: Hint, reply
             }
         }
         (Hint::Finish { key_id, reservation_id, unknown, status }, LedgerReply::Finished) => {
-            let Some(state) = key_state(tree, store, now, &key_id)? else { return Ok(None) };
-            let mut queued = thresholds(store, &state, now)?;
-            queued |= issuer_thresholds(store, tree, now)?;
+            let mut queued = thresholds_above(store, tree, &key_id, now)?;
             if unknown {
+                let Some(state) = key_state(tree, store, now, &key_id)? else { return Ok(None) };
                 let data = EventData { reservation_id: Some(reservation_id), status, ..data(&state) };
                 let id = format!("evt_{key_id}_unknown_{reservation_id}");
                 queued |= queue_now(store, id, About::key(&state.config), EventType::UnknownOutcome, &data, now)?;
@@ -320,9 +333,9 @@ impl VaultKey {
         }
         self.with_tree(|tree, store, now| {
             if let Hint::Finish { key_id, unknown: false, .. } = &hint {
-                let key_has = tree.ledger(key_id).is_some_and(|l| !l.config().alert_thresholds.is_empty());
+                let has = |k: &String| tree.ledger(k).is_some_and(|l| !l.config().alert_thresholds.is_empty());
                 let issuer_has = tree.issuer().is_some_and(|i| !i.config.alert_thresholds.is_empty());
-                if !key_has && !issuer_has {
+                if !issuer_has && !tree.chain(key_id).iter().any(has) {
                     return Ok(None);
                 }
             }
@@ -345,9 +358,7 @@ impl VaultKey {
             }
             store.sql.exec(SCHEMA, None)?;
             for key_id in with {
-                if let Some(state) = key_state(tree, store, now, &key_id)? {
-                    thresholds(store, &state, now)?;
-                }
+                thresholds(store, tree, &key_id, now)?;
             }
             issuer_thresholds(store, tree, now)?;
             Ok(())
@@ -543,8 +554,7 @@ pub(super) fn reconciled(
     let data = EventData { reconciliation_id: Some(id), cost_usd: Some(actual), ..data(&state) };
     let event = format!("evt_{key_id}_reconciled_{id}");
     queue_now(store, event, About::key(&state.config), EventType::Reconciled, &data, now)?;
-    thresholds(store, &state, now)?;
-    issuer_thresholds(store, tree, now)?;
+    thresholds_above(store, tree, key_id, now)?;
     Ok(())
 }
 

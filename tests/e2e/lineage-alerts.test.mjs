@@ -1,5 +1,6 @@
-// Alerts of issuers, end to end: thresholds on an issuer's budget, decided in the issuer's
-// object over all its keys, and webhooks an issuer token owns, which hear only of that issuer.
+// Alerts on budgets that nest, end to end: thresholds of many keys in one object (a parent and
+// its children), thresholds on an issuer's budget, decided in the issuer's object over all its
+// keys, and webhooks an issuer token owns, which hear only of that issuer.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { useKeybrake, until } from "./harness.mjs";
@@ -8,7 +9,7 @@ import { startWebhookReceiver } from "../fakes/webhook-receiver.mjs";
 const kb = useKeybrake();
 
 const ENDPOINT = "POST /v1/payment_intents";
-const unique = (name) => `issuer-alerts/${name}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+const unique = (name) => `lineage-alerts/${name}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
 
 async function createIssuer(overrides = {}) {
   const res = await kb.call("POST", "/vault/issuers", {
@@ -55,6 +56,42 @@ function arrivalsById(r, filter) {
   for (const a of r.state.arrivals) if (a.valid && filter(a.event)) counts.set(a.id, (counts.get(a.id) ?? 0) + 1);
   return counts;
 }
+
+test("many keys in one object: each threshold fires once per key, a parent's crossed by its children's spend", async (t) => {
+  const r = await receiver(t, { events: ["key.threshold_crossed", "key.cap_hit"] });
+  const parent = await kb.issueKey({ daily_usd_cap: 10, agent_run_label: unique("parent"), alert_thresholds: [0.5, 1] });
+  const kids = [];
+  for (let i = 0; i < 3; i++) {
+    const res = await kb.call("POST", `/vault/keys/${parent.key_id}/children`, {
+      token: parent.vault_key,
+      body: { daily_usd_cap: 2, alert_thresholds: [0.5, 1] },
+    });
+    assert.equal(res.status, 201, res.text);
+    assert.deepEqual((await kb.key(res.json)).alert_thresholds, [0.5, 1]);
+    kids.push(res.json);
+  }
+  // 24 one-dollar calls over 3 children of $2: each admits 2, so $6 is spent under the $10 parent.
+  const answers = await Promise.all(Array.from({ length: 24 }, (_, i) => charge(kids[i % 3].vault_key)));
+  assert.equal(answers.filter((a) => a.status === 200).length, 6);
+  await Promise.all(kids.map((k) => kb.settled(k)));
+  const ours = new Set([parent.key_id, ...kids.map((k) => k.key_id)]);
+  const crossed = () => r.events((e) => e?.type === "key.threshold_crossed" && ours.has(e.data.key_id));
+  // Each child: 0.5 and 1 once each; the parent: 0.5 ($5 of its children's $6), never 1.
+  await until("seven thresholds", () => crossed().length === 7, 15_000);
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  const got = crossed().map((e) => `${e.data.key_id} ${e.data.threshold}`).sort();
+  const want = [`${parent.key_id} 0.5`, ...kids.flatMap((k) => [`${k.key_id} 0.5`, `${k.key_id} 1`])].sort();
+  assert.deepEqual(got, want);
+  const forParent = crossed().find((e) => e.data.key_id === parent.key_id);
+  // Crossed when its children's spend reached $5: the parent spent nothing itself.
+  assert.equal(forParent.data.spent_usd, 5, "a parent's threshold counts its descendants' spend");
+  for (const e of crossed().filter((e) => e.data.key_id !== parent.key_id)) assert.equal(e.data.parent_key_id, parent.key_id);
+  assert.ok([...arrivalsById(r, (e) => e?.type === "key.threshold_crossed" && ours.has(e.data.key_id)).values()].every((n) => n === 1));
+  // Cap hits: once per child, each naming the child's own cap.
+  const capHits = r.events((e) => e?.type === "key.cap_hit" && ours.has(e.data.key_id));
+  assert.deepEqual(capHits.map((e) => e.data.key_id).sort(), kids.map((k) => k.key_id).sort());
+  for (const e of capHits) assert.equal(e.data.scope, "key");
+});
 
 test("an issuer's thresholds are checked like a key's and shown on the issuer", async () => {
   for (const thresholds of [[0], [1.5], [0.5, 0.5], "0.5", []]) {
