@@ -70,7 +70,6 @@ impl VaultKey {
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
         let pruned = self.store().sql.exec("DELETE FROM key_idempotency WHERE created_ms < ?", vec![int(cutoff)]);
         log_failure("prune of idempotency keys", pruned.map(|_| ()));
-        log_failure("alert thresholds", self.alert_thresholds_now());
         log_failure("alert delivery", self.deliver_alerts().await);
 
         let now = Date::now().as_millis();
@@ -220,7 +219,16 @@ impl VaultKey {
                         let attempts = ledger.attempts(id);
                         ledger.resolve_later(&key, now, id, backoff(first_backoff, attempts))
                     }
-                    (result, vendor_object_id) => ledger.resolve(&key, now, id, result, status, vendor_object_id),
+                    (result, vendor_object_id) => {
+                        ledger.resolve(&key, now, id, result, status, vendor_object_id)?;
+                        if matches!(result, CallResult::Settled { .. }) {
+                            log_failure(
+                                "alert of a replayed call",
+                                super::alerts::settled_later(store, tree, now, &key_id),
+                            );
+                        }
+                        Ok(())
+                    }
                 }
             })?;
         }

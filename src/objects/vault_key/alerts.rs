@@ -240,8 +240,17 @@ fn expired_id(key_id: &str) -> String {
 }
 
 /// A key's state as events show it (its own spend), bringing it back into memory if evicted.
+/// Without its descendants' sums: a revoke of thousands of keys reads each once, cheaply.
 fn key_state(tree: &mut KeyTree, store: &SqlStore, now: u64, key_id: &str) -> Result<Option<KeyState>> {
-    tree.state(store, now, key_id, 0)
+    tree.resident(store, key_id)?;
+    Ok(tree.ledger_mut(key_id).map(|l| l.state(now, 0)))
+}
+
+/// Whether a settled call on `key_id` can cross any threshold: the key's, an ancestor's or
+/// the issuer's. Most trees have none, and then nothing more is read.
+fn has_thresholds(tree: &KeyTree, key_id: &str) -> bool {
+    let has = |k: &String| tree.ledger(k).is_some_and(|l| !l.config().alert_thresholds.is_empty());
+    tree.issuer().is_some_and(|i| !i.config.alert_thresholds.is_empty()) || tree.chain(key_id).iter().any(has)
 }
 
 /// The events one call causes, decided in its step (see [`VaultKey::alert_after`]).
@@ -333,35 +342,12 @@ impl VaultKey {
         }
         self.with_tree(|tree, store, now| {
             if let Hint::Finish { key_id, unknown: false, .. } = &hint {
-                let has = |k: &String| tree.ledger(k).is_some_and(|l| !l.config().alert_thresholds.is_empty());
-                let issuer_has = tree.issuer().is_some_and(|i| !i.config.alert_thresholds.is_empty());
-                if !issuer_has && !tree.chain(key_id).iter().any(has) {
+                if !has_thresholds(tree, key_id) {
                     return Ok(None);
                 }
             }
             store.sql.exec(SCHEMA, None)?;
             event_after(tree, store, now, hint, reply)
-        })
-    }
-
-    /// From the alarm, after it has moved money (late prices, replays): thresholds now reached.
-    pub(super) fn alert_thresholds_now(&self) -> Result<()> {
-        self.with_tree(|tree, store, now| {
-            let with: Vec<String> = tree
-                .ledgers()
-                .filter(|l| !l.config().alert_thresholds.is_empty())
-                .map(|l| l.config().key_id.clone())
-                .collect();
-            let issuer_has = tree.issuer().is_some_and(|i| !i.config.alert_thresholds.is_empty());
-            if with.is_empty() && !issuer_has {
-                return Ok(());
-            }
-            store.sql.exec(SCHEMA, None)?;
-            for key_id in with {
-                thresholds(store, tree, &key_id, now)?;
-            }
-            issuer_thresholds(store, tree, now)?;
-            Ok(())
         })
     }
 
@@ -555,6 +541,15 @@ pub(super) fn reconciled(
     let event = format!("evt_{key_id}_reconciled_{id}");
     queue_now(store, event, About::key(&state.config), EventType::Reconciled, &data, now)?;
     thresholds_above(store, tree, key_id, now)?;
+    Ok(())
+}
+
+/// A replay from the alarm settled a call of `key_id`: the thresholds its spend now reaches.
+pub(super) fn settled_later(store: &SqlStore, tree: &mut KeyTree, now: u64, key_id: &str) -> Result<()> {
+    if has_thresholds(tree, key_id) {
+        store.sql.exec(SCHEMA, None)?;
+        thresholds_above(store, tree, key_id, now)?;
+    }
     Ok(())
 }
 
