@@ -388,6 +388,26 @@ mod tests {
     }
 
     #[test]
+    fn an_issuer_event_names_the_issuer_and_no_key() {
+        let data = EventData {
+            issuer_id: Some("i"),
+            daily_usd_budget: Some(Micros(10_000_000)),
+            spent_usd: Micros(8_000_000),
+            threshold: Some(8_000),
+            ..Default::default()
+        };
+        let body = event_body("evt_i_1_t8000", EventType::IssuerThresholdCrossed, 1_700_000_000_000, &data);
+        assert!(body.contains(r#""type":"issuer.threshold_crossed""#), "{body}");
+        assert!(
+            body.contains(r#""data":{"issuer_id":"i","daily_usd_budget":10,"spent_usd":8,"threshold":0.8}"#),
+            "{body}"
+        );
+        let cap_hit = EventData { key_id: Some("k"), scope: Some("parent"), ..Default::default() };
+        let body = event_body("evt_k_1_cap", EventType::CapHit, 0, &cap_hit);
+        assert!(body.contains(r#""key_id":"k","issuer_id":null"#) && body.contains(r#""scope":"parent""#), "{body}");
+    }
+
+    #[test]
     fn event_names_round_trip() {
         for e in EventType::ALL {
             assert_eq!(EventType::from_name(e.name()), Some(e));

@@ -312,5 +312,31 @@ mod tests {
         assert!(SpendQuery::parse([("days", "3")].into_iter()).is_err());
         assert!(SpendQuery::parse([("key_id", KEY), ("agent_run_label", "x")].into_iter()).is_err());
         assert!(SpendQuery::parse([("key_id", KEY), ("days", "91")].into_iter()).is_err());
+        // A member key is a key; an issuer is an object id only.
+        assert!(SpendQuery::parse([("key_id", format!("{KEY}-12").as_str())].into_iter()).is_ok());
+        assert!(SpendQuery::parse([("issuer_id", format!("{KEY}-1").as_str())].into_iter()).is_err());
+        assert!(SpendQuery::parse([("issuer_id", KEY), ("agent_run_label", "x")].into_iter()).is_err());
+    }
+
+    #[test]
+    fn an_issuer_scope_narrows_listings_and_spend() {
+        let mut q = list(&format!("issuer_id={KEY}&vendor=stripe")).unwrap();
+        assert_eq!(q.issuer_id.as_deref(), Some(KEY));
+        let (sql, binds) = q.sql(1_000);
+        assert!(sql.contains("k.vendor = ?2") && sql.contains("k.issuer_id = ?3"), "{sql}");
+        assert!(sql.contains("'issuer_id', k.issuer_id, 'parent_key_id', k.parent_key_id"), "{sql}");
+        assert_eq!(binds.len(), 3);
+        q.issuer_id = None;
+        assert!(!q.sql(1_000).0.contains("k.issuer_id ="));
+        assert!(list("issuer_id=nope").is_err());
+
+        let mut spend = SpendQuery::parse([("agent_run_label", "run"), ("days", "2")].into_iter()).unwrap();
+        assert!(!spend.sql(MS_PER_DAY).0.contains("issuer_id = ?4"));
+        spend.within_issuer = Some(KEY.into());
+        let (sql, binds) = spend.sql(MS_PER_DAY);
+        assert!(sql.contains("agent_run_label = ?1") && sql.contains("AND issuer_id = ?4"), "{sql}");
+        assert_eq!(binds.last(), Some(&SqlValue::Text(KEY.into())));
+        let by_issuer = SpendQuery::parse([("issuer_id", KEY)].into_iter()).unwrap();
+        assert!(by_issuer.sql(MS_PER_DAY).0.contains("WHERE issuer_id = ?1"));
     }
 }

@@ -36,7 +36,7 @@ pub enum Route<'a> {
     ListKeys,
     /// `GET /vault/spend`: cost per UTC day.
     Spend,
-    /// `GET /console` and the files under it (Workers static assets).
+    /// `GET /console` and the files under it, compiled into the Worker.
     Console,
     CreateWebhook,
     ListWebhooks,

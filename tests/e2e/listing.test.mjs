@@ -93,3 +93,19 @@ test("spend per UTC day covers the window, zero-filled, and sums a run's keys", 
     assert.equal((await kb.call("GET", `/vault/spend?${bad}`)).status, 400, bad);
   }
 });
+
+test("/vault/keys takes GET (list), POST (issue) and DELETE (revoke a run), and says so", async () => {
+  for (const method of ["PUT", "PATCH"]) {
+    const res = await kb.call(method, "/vault/keys", { body: {} });
+    assert.equal(res.status, 405, method);
+    assert.equal(res.headers.get("allow"), "GET, POST, DELETE");
+  }
+  const label = `listing/verbs-${Date.now()}`;
+  const key = await kb.issueKey({ agent_run_label: label });
+  const listed = await kb.call("GET", `/vault/keys?agent_run_label=${encodeURIComponent(label)}`);
+  assert.deepEqual(listed.json.data.map((k) => k.key_id), [key.key_id]);
+  const revoked = await kb.call("DELETE", `/vault/keys?agent_run_label=${encodeURIComponent(label)}`);
+  assert.deepEqual(revoked.json, { revoked: 1, key_ids: [key.key_id] });
+  const after = await kb.call("GET", `/vault/keys?agent_run_label=${encodeURIComponent(label)}`);
+  assert.equal(after.json.data[0].status, "revoked");
+});
