@@ -302,9 +302,11 @@ export function sweep(files, fixed = fixedSecrets()) {
   const needles = [...fixed];
   // A webhook's secret signs deliveries, so D1's `webhooks` table (and the file it lives in)
   // holds it; anywhere else it is a leak. The harness's own read of that table (`d1` records)
-  // also crosses a tapped connection, where the row shows as `…events]","<secret>",<created>`.
+  // also crosses a tapped connection, where the row shows as `…events]","<secret>",<created>`,
+  // or, when the encoding refers to a repeated value (the same events list) by its index,
+  // `…url","<secret>",<created>`: a string member of the row followed by its creation time.
   for (const secret of webhookSecrets) {
-    const asStored = new RegExp(`\\]","${secret.replace(/[-_]/g, "\\$&")}",\\d`, "g");
+    const asStored = new RegExp(`","${secret.replace(/[-_]/g, "\\$&")}",\\d`, "g");
     needles.push({ label: `webhook secret ${mask(secret)}`, value: secret, storedIn: /\(D1 webhooks row |\(d1\//, asStored });
   }
   for (const key of keys) {
@@ -450,6 +452,8 @@ test("the sweep flags a planted secret wherever it is captured, and allows only 
     hookCap.write({ kind: "log", source: "workerd:stdout", line: `signing with ${secret}` });
     // The harness's read of the table, as it crosses the tapped connection: allowed.
     hookCap.write({ kind: "stream", port: 1, bytes: http(200, {}, Buffer.from(`["wh_1","https://x","[\\"*\\"]","${secret}",1796549001042,null]`)).toString("base64") });
+    // ... and a row whose events list is a reference to an earlier, equal one.
+    hookCap.write({ kind: "stream", port: 1, bytes: http(200, {}, Buffer.from(`["wh_2","root","https://y","${secret}",1796549001043,null]`)).toString("base64") });
     hookCap.close();
     const leaks = sweep(loadCaptures(hooks)).findings.map((f) => f.where.split(" ")[0].split("#")[1]).sort();
     assert.deepEqual(leaks, ["5", "6"], report(sweep(loadCaptures(hooks)).findings));
