@@ -16,7 +16,7 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 .PHONY: all tools build lint unit e2e examples packages packages-build spec test dev clean bench bench-smoke fuzz fuzz-smoke \
-	soak soak-smoke beside-fuzz spec-then-bench-smoke
+	soak soak-smoke beside-fuzz spec-then-bench-smoke console chromium
 
 # A half-written build/index.js must not look up to date.
 .DELETE_ON_ERROR:
@@ -33,10 +33,11 @@ tools:
 		|| cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
-# Everything the wasm is compiled from, the OpenAPI document included (include_str!). When
+# Everything the wasm is compiled from, the OpenAPI document and the console included
+# (include_str!). When
 # none is newer than build/index.js, `make build` does nothing: `make dev` and the build
 # command wrangler runs on start and on every change stay instant.
-BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src -type f)
+BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src console -type f)
 
 build: tools build/index.js
 
@@ -67,6 +68,25 @@ PACKAGE_TESTS := $(sort $(wildcard packages/*/test/*.test.mjs packages/test/*.te
 packages: build packages-build
 	node --test --test-concurrency=1 $(PACKAGE_TESTS)
 
+# The console in headless Chromium (tests/console/), driven by playwright-core. Debian's
+# `chromium` is installed when missing and apt-get can; otherwise the step is skipped, loudly.
+# CHROMIUM_BIN=/path/to/chrome points it at another build.
+CHROMIUM_BIN ?= $(shell command -v chromium 2>/dev/null)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+console: build
+	@bin='$(CHROMIUM_BIN)'; \
+	if [ -z "$$bin" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the console tests (apt-get)..."; \
+		{ $(SUDO) apt-get install -y -q chromium >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; } \
+			&& bin=$$(command -v chromium); \
+	fi; \
+	if [ -z "$$bin" ]; then \
+		echo; echo "!!! SKIPPED: the console browser tests need Chromium, and none was found or installed."; \
+		echo "!!! Install Debian's chromium, or run: make console CHROMIUM_BIN=/path/to/chromium"; echo; \
+	else \
+		CHROMIUM_BIN="$$bin" node --test --test-concurrency=1 tests/console/; \
+	fi
+
 # The Inngest example, on the packages: type-checked and run with the real inngest SDK.
 examples: build packages-build
 	tsc -p examples/inngest/tsconfig.json
@@ -76,7 +96,7 @@ examples: build packages-build
 spec: build
 	tests/spec/run.sh
 
-test: lint unit e2e examples packages beside-fuzz soak-smoke
+test: lint unit e2e console examples packages beside-fuzz soak-smoke
 
 # The fuzzer is one busy core for 20 s and judges no time: it runs beside the schemathesis run
 # and the bench smoke, which judge no speed either, never beside the timing-sensitive steps.

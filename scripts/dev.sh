@@ -91,6 +91,7 @@ done
 cat <<MSG
 
   Keybrake is up:     $URL   (OpenAPI document: $URL/openapi.json)
+  Console:            $URL/console   (sign in with the admin key below)
   Simulated vendors:  ${simulated[*]:-none}
   In another shell (the admin key is from .dev.vars):
 

@@ -36,6 +36,9 @@ pub struct KeyConfig {
     /// The key whose vault key minted this one; its cap, and its ancestors', bound this one's.
     #[serde(default)]
     pub parent_key_id: Option<String>,
+    /// Fractions of the daily cap, in basis points, that send `key.threshold_crossed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_thresholds: Vec<u32>,
 }
 
 /// A validated `POST /vault/keys` body.
@@ -49,6 +52,7 @@ pub struct NewKey {
     pub agent_run_label: Option<String>,
     pub stripe_account: Option<String>,
     pub allow_expand: bool,
+    pub alert_thresholds: Vec<u32>,
 }
 
 impl NewKey {
@@ -66,11 +70,12 @@ impl NewKey {
             allow_expand: self.allow_expand,
             issuer_id: None,
             parent_key_id: None,
+            alert_thresholds: self.alert_thresholds,
         }
     }
 }
 
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "vendor",
     "daily_usd_cap",
     "max_usd_per_call",
@@ -79,6 +84,7 @@ const FIELDS: [&str; 8] = [
     "agent_run_label",
     "stripe_account",
     "allow_expand",
+    "alert_thresholds",
 ];
 
 /// The fields of a JSON object body. A field given twice is refused, naming it: serde_json
@@ -191,6 +197,7 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
         agent_run_label,
         stripe_account,
         allow_expand,
+        alert_thresholds: crate::core::alerts::parse_thresholds(field("alert_thresholds")).map_err(bad)?,
     })
 }
 
@@ -301,6 +308,8 @@ pub struct KeyView<'a> {
     /// Spent and held today by this key's descendants, counted against its cap too.
     #[serde(with = "usd")]
     pub descendants_usd: Micros,
+    #[serde(serialize_with = "crate::core::alerts::ratios::serialize")]
+    pub alert_thresholds: &'a [u32],
 }
 
 impl<'a> KeyView<'a> {
@@ -329,6 +338,7 @@ impl<'a> KeyView<'a> {
             issuer_id: c.issuer_id.as_deref(),
             parent_key_id: c.parent_key_id.as_deref(),
             descendants_usd: state.descendants,
+            alert_thresholds: &c.alert_thresholds,
         }
     }
 }
@@ -397,6 +407,7 @@ mod tests {
                 agent_run_label: Some("inngest/billing/subscription.process/01J".into()),
                 stripe_account: None,
                 allow_expand: false,
+                alert_thresholds: vec![],
             }
         );
     }

@@ -31,10 +31,20 @@ pub struct IssuerConfig {
     pub max_key_cap: Option<Micros>,
     pub max_ttl_secs: Option<u64>,
     pub created_at_ms: u64,
+    /// Fractions of the daily budget, in basis points, that send `issuer.threshold_crossed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_thresholds: Vec<u32>,
 }
 
-const ISSUER_FIELDS: [&str; 6] =
-    ["name", "daily_usd_budget", "vendors", "allowed_endpoints", "max_key_usd_cap", "max_expires_in"];
+const ISSUER_FIELDS: [&str; 7] = [
+    "name",
+    "daily_usd_budget",
+    "vendors",
+    "allowed_endpoints",
+    "max_key_usd_cap",
+    "max_expires_in",
+    "alert_thresholds",
+];
 
 fn bad(msg: String) -> ProxyError {
     ProxyError::InvalidRequest(msg)
@@ -103,6 +113,8 @@ pub fn parse_new_issuer(body: &[u8], issuer_id: String, now_ms: u64) -> Result<I
         .get("max_expires_in")
         .map(|raw| ttl_field(raw).map_err(|e| bad(e.message().replacen("expires_in", "max_expires_in", 1))))
         .transpose()?;
+    let alert_thresholds = crate::core::alerts::parse_thresholds(fields.get("alert_thresholds").copied())
+        .map_err(|e| bad(e.replace("of the cap", "of the budget")))?;
     Ok(IssuerConfig {
         issuer_id,
         name,
@@ -112,6 +124,7 @@ pub fn parse_new_issuer(body: &[u8], issuer_id: String, now_ms: u64) -> Result<I
         max_key_cap,
         max_ttl_secs,
         created_at_ms: now_ms,
+        alert_thresholds,
     })
 }
 
@@ -137,7 +150,8 @@ impl IssuerConfig {
     }
 }
 
-const CHILD_FIELDS: [&str; 4] = ["daily_usd_cap", "allowed_endpoints", "expires_in", "agent_run_label"];
+const CHILD_FIELDS: [&str; 5] =
+    ["daily_usd_cap", "allowed_endpoints", "expires_in", "agent_run_label", "alert_thresholds"];
 
 /// Parses a `POST /vault/keys/{id}/children` body into the child's config. The child inherits
 /// everything else from its parent (vendor, per-call limit, connected account, `expand[]`),
@@ -189,6 +203,8 @@ pub fn parse_new_child(body: &[u8], parent: &KeyConfig, key_id: String, now_ms: 
         allow_expand: parent.allow_expand,
         issuer_id: parent.issuer_id.clone(),
         parent_key_id: Some(parent.key_id.clone()),
+        alert_thresholds: crate::core::alerts::parse_thresholds(fields.get("alert_thresholds").copied())
+            .map_err(bad)?,
     })
 }
 
@@ -227,6 +243,8 @@ pub struct IssuerView<'a> {
     #[serde(with = "usd_opt")]
     pub max_key_usd_cap: Option<Micros>,
     pub max_expires_in: Option<u64>,
+    #[serde(serialize_with = "crate::core::alerts::ratios::serialize")]
+    pub alert_thresholds: &'a [u32],
     pub created_at: String,
     pub revoked_at: Option<String>,
 }
@@ -248,6 +266,7 @@ impl<'a> IssuerView<'a> {
             allowed_endpoints: &config.allowed_endpoints,
             max_key_usd_cap: config.max_key_cap,
             max_expires_in: config.max_ttl_secs,
+            alert_thresholds: &config.alert_thresholds,
             created_at: rfc3339(config.created_at_ms),
             revoked_at: revoked_at_ms.map(rfc3339),
         }

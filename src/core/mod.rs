@@ -1,6 +1,7 @@
 //! The pure core: everything Keybrake decides, with no dependency on the Workers runtime.
 //! It never reads a clock or the network; the shell passes those in. Tested with `cargo test`.
 
+pub mod alerts;
 pub mod allowlist;
 pub mod answer;
 pub mod audit;
@@ -10,6 +11,7 @@ pub mod encoding;
 pub mod error;
 pub mod keys;
 pub mod lineage;
+pub mod listing;
 pub mod lockout;
 pub mod money;
 pub mod routing;

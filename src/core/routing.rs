@@ -31,6 +31,17 @@ pub enum Route<'a> {
     MethodNotAllowed(&'static str),
     /// A method outside the ones Keybrake or any vendor route knows.
     UnknownMethod,
+    // Console and alerts (issue 11).
+    /// `GET /vault/keys`: the registry, filtered and paged.
+    ListKeys,
+    /// `GET /vault/spend`: cost per UTC day.
+    Spend,
+    /// `GET /console` and the files under it, compiled into the Worker.
+    Console,
+    CreateWebhook,
+    ListWebhooks,
+    DeleteWebhook(&'a str),
+    WebhookDeliveries,
 }
 
 /// Methods any route takes. The runtime hands over others (`QUERY`, `TRACE`...) too; they are
@@ -49,6 +60,9 @@ pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
     if path == "/openapi.json" {
         return if method == "GET" { Route::OpenApi } else { Route::MethodNotAllowed("GET") };
     }
+    if path == "/console" || path.starts_with("/console/") {
+        return if method == "GET" || method == "HEAD" { Route::Console } else { Route::MethodNotAllowed("GET, HEAD") };
+    }
     if path == "/vault" || path.starts_with("/vault/") {
         return admin_route(method, &path["/vault".len()..]);
     }
@@ -63,8 +77,9 @@ fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         ("POST", ["keys"]) => Route::IssueKey,
+        ("GET", ["keys"]) => Route::ListKeys,
         ("DELETE", ["keys"]) => Route::RevokeRun,
-        (_, ["keys"]) => Route::MethodNotAllowed("POST, DELETE"),
+        (_, ["keys"]) => Route::MethodNotAllowed("GET, POST, DELETE"),
         ("GET", ["keys", id]) => Route::GetKey(id),
         ("DELETE", ["keys", id]) => Route::RevokeKey(id),
         (_, ["keys", _]) => Route::MethodNotAllowed("GET, DELETE"),
@@ -80,6 +95,16 @@ fn admin_route<'a>(method: &str, rest: &'a str) -> Route<'a> {
         (_, ["issuers", _]) => Route::MethodNotAllowed("GET, DELETE"),
         ("GET", ["audit"]) => Route::Audit,
         (_, ["audit"]) => Route::MethodNotAllowed("GET"),
+        // Console and alerts (issue 11).
+        ("GET", ["spend"]) => Route::Spend,
+        (_, ["spend"]) => Route::MethodNotAllowed("GET"),
+        ("POST", ["webhooks"]) => Route::CreateWebhook,
+        ("GET", ["webhooks"]) => Route::ListWebhooks,
+        (_, ["webhooks"]) => Route::MethodNotAllowed("GET, POST"),
+        ("GET", ["webhooks", "deliveries"]) => Route::WebhookDeliveries,
+        (_, ["webhooks", "deliveries"]) => Route::MethodNotAllowed("GET"),
+        ("DELETE", ["webhooks", id]) => Route::DeleteWebhook(id),
+        (_, ["webhooks", _]) => Route::MethodNotAllowed("DELETE"),
         _ => Route::NotFound,
     }
 }
@@ -91,7 +116,8 @@ mod tests {
     #[test]
     fn admin_routes() {
         assert_eq!(route("POST", "/vault/keys"), Route::IssueKey);
-        assert_eq!(route("GET", "/vault/keys"), Route::MethodNotAllowed("POST, DELETE"));
+        assert_eq!(route("GET", "/vault/keys"), Route::ListKeys);
+        assert_eq!(route("PUT", "/vault/keys"), Route::MethodNotAllowed("GET, POST, DELETE"));
         assert_eq!(route("DELETE", "/vault/keys"), Route::RevokeRun);
         assert_eq!(route("POST", "/vault/keys/abc/children"), Route::MintChild("abc"));
         assert_eq!(route("GET", "/vault/keys/abc/children"), Route::MethodNotAllowed("POST"));
@@ -113,6 +139,19 @@ mod tests {
         assert_eq!(route("POST", "/vault/keys/abc/refresh"), Route::RefreshKey("abc"));
         assert_eq!(route("GET", "/vault/keys/abc/refresh"), Route::MethodNotAllowed("POST"));
         assert_eq!(route("GET", "/vault/other"), Route::NotFound);
+    }
+
+    #[test]
+    fn console_and_alert_routes() {
+        assert_eq!(route("GET", "/console"), Route::Console);
+        assert_eq!(route("GET", "/console/app.js"), Route::Console);
+        assert_eq!(route("POST", "/console/"), Route::MethodNotAllowed("GET, HEAD"));
+        assert_eq!(route("GET", "/consoles"), Route::Proxy { vendor: None, path: "/consoles" });
+        assert_eq!(route("GET", "/vault/spend"), Route::Spend);
+        assert_eq!(route("POST", "/vault/webhooks"), Route::CreateWebhook);
+        assert_eq!(route("GET", "/vault/webhooks"), Route::ListWebhooks);
+        assert_eq!(route("GET", "/vault/webhooks/deliveries"), Route::WebhookDeliveries);
+        assert_eq!(route("DELETE", "/vault/webhooks/wh_1"), Route::DeleteWebhook("wh_1"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn config(cap: u64, max_per_call: Option<u64>) -> KeyConfig {
         allow_expand: false,
         issuer_id: None,
         parent_key_id: None,
+        alert_thresholds: vec![],
     }
 }
 

@@ -454,6 +454,22 @@ impl KeyTree {
         })
     }
 
+    /// The key and its ancestors, nearest first: every key whose cap a call on it counts in.
+    pub fn chain(&self, key_id: &str) -> Vec<String> {
+        self.lineage(key_id).into_iter().map(String::from).collect()
+    }
+
+    /// Today's spend of the key and all its descendants (no holds): what its alert thresholds
+    /// are crossed by, as its cap binds them all.
+    pub fn subtree_spent(&self, key_id: &str, now_ms: u64) -> Micros {
+        let day = utc_day(now_ms);
+        self.subtree(key_id)
+            .iter()
+            .filter_map(|k| self.keys.get(k))
+            .map(|l| l.used_on(day).0)
+            .fold(Micros::ZERO, |a, b| a.checked_add(b).unwrap_or(Micros(u64::MAX)))
+    }
+
     /// Calls still under way (see [`Ledger::in_flight`]) on any of `key_ids`.
     pub fn in_flight(&self, now_ms: u64, cut_off_ms: u64, key_ids: &[String]) -> usize {
         key_ids.iter().filter_map(|k| self.keys.get(k)).map(|l| l.in_flight(now_ms, cut_off_ms)).sum()

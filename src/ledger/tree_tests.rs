@@ -64,6 +64,7 @@ fn root_config(cap_usd: u64) -> KeyConfig {
         allow_expand: false,
         issuer_id: None,
         parent_key_id: None,
+        alert_thresholds: vec![],
     }
 }
 
@@ -268,4 +269,25 @@ fn a_tree_holds_a_bounded_number_of_live_keys() {
     // Revoking frees room.
     tree.revoke(&store, T0, &[format!("{OBJECT}-1")]).unwrap();
     assert!(child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":1}"#).is_ok());
+}
+
+#[test]
+fn a_keys_chain_and_subtree_spend_are_what_its_alerts_count() {
+    let store = MemoryTree::default();
+    let mut tree = KeyTree::default();
+    tree.create_root(&store, root_config(60), secret(0)).unwrap().unwrap();
+    let kid = child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":10}"#).unwrap().key_id;
+    let grandkid = child(&mut tree, &store, &kid, 1, 2, r#"{"daily_usd_cap":5}"#).unwrap().key_id;
+    assert_eq!(tree.chain(&grandkid), vec![grandkid.clone(), kid.clone(), OBJECT.to_string()]);
+    let held = reserve(&mut tree, &store, &grandkid, 2, 3).unwrap();
+    // Held money is not spent: no threshold is crossed by a hold.
+    assert_eq!(tree.subtree_spent(OBJECT, T0), Micros::ZERO);
+    settle(&mut tree, &store, &grandkid, held, 3);
+    let own = reserve(&mut tree, &store, OBJECT, 0, 2).unwrap();
+    settle(&mut tree, &store, OBJECT, own, 2);
+    assert_eq!(tree.subtree_spent(OBJECT, T0), Micros(5_000_000));
+    assert_eq!(tree.subtree_spent(&kid, T0), Micros(3_000_000));
+    assert_eq!(tree.subtree_spent(&grandkid, T0), Micros(3_000_000));
+    // A new day starts from nothing.
+    assert_eq!(tree.subtree_spent(OBJECT, T0 + MS_PER_DAY), Micros::ZERO);
 }

@@ -31,7 +31,7 @@ type AdminResult = Result<Response, ProxyError>;
 
 /// Who an admin call comes from.
 #[derive(Debug, PartialEq, Eq)]
-enum Principal {
+pub enum Principal {
     Root,
     /// The issuer with this id (its object's id).
     Issuer(String),
@@ -39,10 +39,18 @@ enum Principal {
 
 impl Principal {
     /// Whether the caller may see the key: an issuer sees only keys in its own object.
-    fn sees(&self, key_id: &str) -> bool {
+    pub fn sees(&self, key_id: &str) -> bool {
         match self {
             Principal::Root => true,
             Principal::Issuer(id) => is_key_id(key_id) && object_of(key_id) == id,
+        }
+    }
+
+    /// The webhook owner the principal is: `root`, or the issuer's id.
+    pub fn owner(&self) -> &str {
+        match self {
+            Principal::Root => "root",
+            Principal::Issuer(id) => id,
         }
     }
 
@@ -58,7 +66,7 @@ impl Principal {
 /// A right token always works: failures are counted per client, and only further *failures*
 /// past the limit are answered 429, so an agent that shares the operator's address can never
 /// lock the operator out of a revoke.
-async fn authorize(req: &Request, env: &Env) -> Result<Principal, ProxyError> {
+pub async fn authorize(req: &Request, env: &Env) -> Result<Principal, ProxyError> {
     let expected = env.secret("KEYBRAKE_API_KEY").map(|s| s.to_string()).unwrap_or_default();
     if expected.chars().count() < MIN_ADMIN_KEY_CHARS {
         console_error!(

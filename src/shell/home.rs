@@ -12,6 +12,7 @@ const HTML: &str = "<!doctype html>
 <h1>Keybrake</h1>
 <p>An edge proxy that gives AI agent runs short-lived, capped vault keys for Stripe, Twilio and Resend.</p>
 <p>The HTTP contract: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3.1).</p>
+<p>The operator console: <a href=\"/console\">/console</a>.</p>
 </html>
 ";
 

@@ -3,11 +3,14 @@
 //! detail goes to the log, never to the caller.
 
 mod admin;
+mod console;
 mod errors;
 mod home;
+mod listing;
 mod objects;
 mod proxy;
 mod request;
+mod webhooks;
 
 use crate::core::error::{ErrorShape, ProxyError};
 use crate::core::routing::{route, Route, KNOWN_METHODS};
@@ -38,6 +41,14 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Route::NotFound => Err(ProxyError::NotFound),
         Route::MethodNotAllowed(allow) => Err(ProxyError::MethodNotAllowed(allow.into())),
         Route::UnknownMethod => Err(ProxyError::MethodNotAllowed(KNOWN_METHODS.join(", "))),
+        // Console and alerts (issue 11).
+        Route::ListKeys => listing::read(&req, &env, listing::Read::Keys).await,
+        Route::Spend => listing::read(&req, &env, listing::Read::Spend).await,
+        Route::Console => console::answer(&req, &path),
+        Route::CreateWebhook => webhooks::create(req, &env).await,
+        Route::ListWebhooks => listing::read(&req, &env, listing::Read::Webhooks).await,
+        Route::DeleteWebhook(id) => webhooks::delete(&req, &env, id).await,
+        Route::WebhookDeliveries => listing::read(&req, &env, listing::Read::Deliveries).await,
     };
     match answer {
         Ok(response) => Ok(response),

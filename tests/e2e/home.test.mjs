@@ -22,6 +22,7 @@ test("a browser gets a small HTML page that links the OpenAPI document", async (
   assert.match(res.headers.get("vary"), /accept/i);
   assert.match(res.text, /<title>Keybrake<\/title>/);
   assert.match(res.text, /href="\/openapi.json"/);
+  assert.match(res.text, /href="\/console"/);
   assertNoSecret(res.text);
 });
 

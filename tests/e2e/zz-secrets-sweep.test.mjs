@@ -166,6 +166,30 @@ function issuedKey(status, body) {
   return key;
 }
 
+/**
+ * The answer that created a webhook: 201, a JSON body with a `wh_` id and its `whsec_` secret.
+ * That one field of that one answer may hold the secret; D1's `webhooks` table keeps it to sign.
+ */
+function issuedWebhookSecret(status, body) {
+  if (status !== 201) return null;
+  let json;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  const secret = json?.secret;
+  return typeof secret === "string" && secret.startsWith("whsec_") && /^wh_/.test(json.id ?? "") ? secret : null;
+}
+
+/** Takes one issuing answer's own secret out of its text, noting the secret. */
+function withoutIssuedSecrets(status, body, webhookSecrets) {
+  const secret = issuedWebhookSecret(status, body);
+  if (!secret) return body;
+  webhookSecrets.add(secret);
+  return body.replace(`"secret":"${secret}"`, '"secret":"<issued>"');
+}
+
 /** Removes the `"vault_key":"<key>"` (or `issuer_token`) member from an issuing answer's text, once. */
 function withoutIssuedKey(text, key) {
   const field = key.startsWith("kbi_") ? "issuer_token" : "vault_key";
@@ -180,6 +204,7 @@ function withoutIssuedKey(text, key) {
 export function surfaces(files) {
   const out = [];
   const keys = new Set();
+  const webhookSecrets = new Set();
   const issued = new Map(); // key -> [where] of answers that issued it, per capture source
   const coverage = { files: files.length, responses: 0, streams: 0, streamAnswers: 0, keys: 0, logLines: 0, d1Rows: 0, stateFiles: 0 };
   const noteIssued = (key, where, source) => {
@@ -192,7 +217,7 @@ export function surfaces(files) {
     const { answers, rest } = splitResponses(bytes);
     answers.forEach((a, i) => {
       const where = `${label} answer ${i + 1}: ${a.statusLine})`;
-      let body = a.body;
+      let body = withoutIssuedSecrets(a.status, a.body, webhookSecrets);
       const key = issuedKey(a.status, body);
       if (key) {
         noteIssued(key, where, source);
@@ -220,7 +245,7 @@ export function surfaces(files) {
           } else {
             const label = `${where} (${r.via} ${r.method} ${r.path} → ${r.status})`;
             const headers = (r.headers ?? []).map(([n, v]) => `${n}: ${v}`).join("\n");
-            let body = r.body ?? "";
+            let body = withoutIssuedSecrets(r.status, r.body ?? "", webhookSecrets);
             const key = issuedKey(r.status, body);
             if (key) {
               noteIssued(key, label, r.via);
@@ -263,7 +288,7 @@ export function surfaces(files) {
     const [, key] = sourceKey.split(" ");
     keys.add(key);
   }
-  return { surfaces: out, keys, issued, coverage };
+  return { surfaces: out, keys, issued, coverage, webhookSecrets };
 }
 
 /** Masks a secret for a report: enough to tell which one it is, never the secret itself. */
@@ -273,8 +298,17 @@ function mask(value) {
 
 /** Scans captures for secrets. Returns the findings (where, what) and what was covered. */
 export function sweep(files, fixed = fixedSecrets()) {
-  const { surfaces: texts, keys, issued, coverage } = surfaces(files);
+  const { surfaces: texts, keys, issued, coverage, webhookSecrets } = surfaces(files);
   const needles = [...fixed];
+  // A webhook's secret signs deliveries, so D1's `webhooks` table (and the file it lives in)
+  // holds it; anywhere else it is a leak. The harness's own read of that table (`d1` records)
+  // also crosses a tapped connection, where the row shows as `…events]","<secret>",<created>`,
+  // or, when the encoding refers to a repeated value (the same events list) by its index,
+  // `…url","<secret>",<created>`: a string member of the row followed by its creation time.
+  for (const secret of webhookSecrets) {
+    const asStored = new RegExp(`","${secret.replace(/[-_]/g, "\\$&")}",\\d`, "g");
+    needles.push({ label: `webhook secret ${mask(secret)}`, value: secret, storedIn: /\(D1 webhooks row |\(d1\//, asStored });
+  }
   for (const key of keys) {
     const id = key.split("_")[2];
     needles.push({ label: `vault key ${id.slice(0, 12)}… (full token)`, value: key });
@@ -285,7 +319,9 @@ export function sweep(files, fixed = fixedSecrets()) {
     if (!text) continue;
     for (const needle of needles) {
       if (!text.includes(needle.value)) continue;
+      if (needle.asStored && !text.replace(needle.asStored, "").includes(needle.value)) continue;
       if (needle.partOf && text.includes(needle.partOf)) continue; // reported as the full token
+      if (needle.storedIn && needle.storedIn.test(where)) continue;
       const i = text.indexOf(needle.value);
       const context = `${text.slice(Math.max(0, i - 40), i)}<${needle.label}>${text.slice(i + needle.value.length, i + needle.value.length + 40)}`;
       findings.push({ what: needle.label, where, context: context.replace(/\s+/g, " ") });
@@ -298,6 +334,7 @@ export function sweep(files, fixed = fixedSecrets()) {
     }
   }
   coverage.vaultKeys = keys.size;
+  coverage.webhookSecrets = webhookSecrets.size;
   return { findings, coverage };
 }
 
@@ -401,6 +438,25 @@ test("the sweep flags a planted secret wherever it is captured, and allows only 
     }
     twiceCap.close();
     assert.equal(sweep(loadCaptures(twice)).findings.length, 1);
+
+    // A webhook's secret: allowed in its creating answer and where D1 keeps it, nowhere else.
+    const hooks = join(dir, "hooks");
+    const secret = `whsec_${"W".repeat(43)}`;
+    const hookCap = openCapture(join(hooks, "hooks.test.mjs-4.jsonl"));
+    const created = JSON.stringify({ id: "wh_0123456789abcdef", url: "https://x.example/h", events: ["*"], secret });
+    hookCap.write({ kind: "response", via: "call", method: "POST", path: "/vault/webhooks", status: 201, statusText: "Created", headers: [], body: created });
+    hookCap.write({ kind: "stream", port: 1, bytes: http(201, {}, Buffer.from(created)).toString("base64") });
+    hookCap.write({ kind: "d1", table: "webhooks", rows: [{ id: "wh_0123456789abcdef", secret }] });
+    hookCap.write({ kind: "state", file: "d1/db.sqlite", strings: [secret] });
+    hookCap.write({ kind: "response", via: "call", method: "GET", path: "/vault/webhooks", status: 200, statusText: "OK", headers: [], body: `{"secret":"${secret}"}` });
+    hookCap.write({ kind: "log", source: "workerd:stdout", line: `signing with ${secret}` });
+    // The harness's read of the table, as it crosses the tapped connection: allowed.
+    hookCap.write({ kind: "stream", port: 1, bytes: http(200, {}, Buffer.from(`["wh_1","https://x","[\\"*\\"]","${secret}",1796549001042,null]`)).toString("base64") });
+    // ... and a row whose events list is a reference to an earlier, equal one.
+    hookCap.write({ kind: "stream", port: 1, bytes: http(200, {}, Buffer.from(`["wh_2","root","https://y","${secret}",1796549001043,null]`)).toString("base64") });
+    hookCap.close();
+    const leaks = sweep(loadCaptures(hooks)).findings.map((f) => f.where.split(" ")[0].split("#")[1]).sort();
+    assert.deepEqual(leaks, ["5", "6"], report(sweep(loadCaptures(hooks)).findings));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -435,7 +491,7 @@ test("no secret or vault key appears in any answer, D1 row, stored state or log 
   console.log(
     `# ${coverage.responses} call()/raw answers, ${coverage.streamAnswers} answers in ${coverage.streams} client connections ` +
       `(SDKs included), ${coverage.d1Rows} D1 rows, ${coverage.stateFiles} persisted files, ${coverage.logLines} log lines; ` +
-      `${coverage.vaultKeys} vault keys and ${fixedSecrets().length} fixed secrets looked for`,
+      `${coverage.vaultKeys} vault keys, ${coverage.webhookSecrets} webhook secrets and ${fixedSecrets().length} fixed secrets looked for`,
   );
   assert.ok(coverage.responses > 0 && coverage.streamAnswers > 0 && coverage.vaultKeys > 0, `nothing to sweep: ${JSON.stringify(coverage)}`);
   assert.equal(findings.length, 0, `secrets found (captures kept in ${runDir}):\n${report(findings)}`);

@@ -70,6 +70,7 @@ impl VaultKey {
         let cutoff = Date::now().as_millis().saturating_sub(IDEMPOTENCY_RETENTION_MS);
         let pruned = self.store().sql.exec("DELETE FROM key_idempotency WHERE created_ms < ?", vec![int(cutoff)]);
         log_failure("prune of idempotency keys", pruned.map(|_| ()));
+        log_failure("alert delivery", self.deliver_alerts().await);
 
         let now = Date::now().as_millis();
         let flush_at = match (self.store().outbox_len(), self.flush_failures.get()) {
@@ -86,7 +87,7 @@ impl VaultKey {
             .borrow()
             .as_ref()
             .and_then(|t| t.ledgers().filter_map(|l| l.next_alarm_at(now, stale_after)).min());
-        self.arm(earliest(flush_at, ledger_at)).await?;
+        self.arm(earliest(earliest(flush_at, ledger_at), self.alerts_next_at())).await?;
         Response::ok("")
     }
 
@@ -149,9 +150,17 @@ impl VaultKey {
                 _ => PricePoll::NotYet,
             };
             self.with_tree(|tree, store, now| {
-                let (Some(ledger), key) = (tree.ledger_mut(&key_id), store.key(&key_id)) else { return Ok(()) };
+                let key = store.key(&key_id);
+                let Some(ledger) = tree.ledger_mut(&key_id) else { return Ok(()) };
                 match poll {
-                    PricePoll::Priced(actual) => ledger.reconcile(&key, now, rec.id, actual),
+                    PricePoll::Priced(actual) => {
+                        ledger.reconcile(&key, now, rec.id, actual)?;
+                        log_failure(
+                            "alert of a late price",
+                            super::alerts::reconciled(store, tree, now, &key_id, rec.id, actual),
+                        );
+                        Ok(())
+                    }
                     PricePoll::NotYet => {
                         ledger.reconcile_later(&key, now, rec.id, backoff(first_backoff, rec.attempts))
                     }
@@ -210,7 +219,16 @@ impl VaultKey {
                         let attempts = ledger.attempts(id);
                         ledger.resolve_later(&key, now, id, backoff(first_backoff, attempts))
                     }
-                    (result, vendor_object_id) => ledger.resolve(&key, now, id, result, status, vendor_object_id),
+                    (result, vendor_object_id) => {
+                        ledger.resolve(&key, now, id, result, status, vendor_object_id)?;
+                        if matches!(result, CallResult::Settled { .. }) {
+                            log_failure(
+                                "alert of a replayed call",
+                                super::alerts::settled_later(store, tree, now, &key_id),
+                            );
+                        }
+                        Ok(())
+                    }
                 }
             })?;
         }

@@ -5,6 +5,7 @@
 //! D1, asking vendors for late prices, and replaying calls whose outcome is unknown.
 
 mod alarm;
+mod alerts;
 mod store;
 
 use crate::core::error::ProxyError;
@@ -52,8 +53,15 @@ impl DurableObject for VaultKey {
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         // serde_json on the text: cheaper than converting a parsed JS object field by field.
         let call: LedgerCall = serde_json::from_str(&req.text().await?)?;
+        let hint = alerts::Hint::of(&call);
         // Everything from here to the reply is synchronous: no other call can interleave.
         let (reply, wrote_audit) = self.handle(call)?;
+        // Alerts are decided in the same step; a failure to queue one never fails the call.
+        let alert_at = self.alert_after(hint, &reply).unwrap_or_else(|e| {
+            worker::console_error!("queueing an alert failed: {e}");
+            None
+        });
+        self.arm(alert_at).await?;
         let now = Date::now().as_millis();
         if wrote_audit {
             self.arm(Some(now + FLUSH_DELAY_MS)).await?;
@@ -81,13 +89,18 @@ impl VaultKey {
     /// Answers one call and says whether it wrote audit rows to the outbox.
     fn handle(&self, call: LedgerCall) -> Result<(LedgerReply, bool)> {
         let store = self.store();
+        let reply = self.in_tree(&store, |tree, now| apply(tree, &store, now, call))?;
+        Ok((reply, store.appended.get()))
+    }
+
+    /// Runs `f` on the tree, loading it from storage first if it is not in memory.
+    fn in_tree<T>(&self, store: &SqlStore, f: impl FnOnce(&mut KeyTree, u64) -> Result<T>) -> Result<T> {
         let mut slot = self.tree.borrow_mut();
         let tree = match slot.as_mut() {
             Some(tree) => tree,
             None => slot.insert(store.open(Date::now().as_millis())?),
         };
-        let reply = apply(tree, &store, Date::now().as_millis(), call)?;
-        Ok((reply, store.appended.get()))
+        f(tree, Date::now().as_millis())
     }
 
     /// Runs `f` on the loaded tree, if it has been loaded.
