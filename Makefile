@@ -97,10 +97,20 @@ clean:
 	rm -rf build target node_modules .wrangler fuzz/target .venv-spec .tools packages/*/dist packages/*/node_modules \
 		packages/client/src/openapi.gen.ts examples/inngest/node_modules
 
-bench: build
+# The floor the bench measures the guard against: a bare pass-through Worker (bench/floor/),
+# its own crate, built with the same worker-build, wasm-bindgen and wasm-opt. It shares
+# target/ so cargo reuses the dependencies Keybrake's build compiled; `make build` never
+# builds it.
+FLOOR_INPUTS := bench/floor/Cargo.toml bench/floor/Cargo.lock $(shell find bench/floor/src -type f)
+
+bench/floor/build/index.js: $(FLOOR_INPUTS) | tools
+	cd bench/floor && CARGO_TARGET_DIR=$(CURDIR)/target worker-build --release
+	@touch $@
+
+bench: build bench/floor/build/index.js
 	node bench/run.mjs
 
-bench-smoke: build
+bench-smoke: build bench/floor/build/index.js
 	node bench/run.mjs --smoke
 
 # Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz
