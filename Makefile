@@ -10,8 +10,9 @@ WASM_BINDGEN_VERSION := 0.2.130
 export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 # worker-build would download wasm-bindgen from GitHub; use the one installed from crates.io.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
-# ... and wasm-opt from the npm package binaryen, for the same reason.
-export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+# ... and wasm-opt from the npm package binaryen, for the same reason, through a wrapper that
+# leaves out the function names worker-build would keep (scripts/wasm-opt.sh).
+export WASM_OPT_BIN := $(CURDIR)/scripts/wasm-opt.sh
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
@@ -36,7 +37,7 @@ tools:
 # Everything the wasm is compiled from, the OpenAPI document included (include_str!). When
 # none is newer than build/index.js, `make build` does nothing: `make dev` and the build
 # command wrangler runs on start and on every change stay instant.
-BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src -type f)
+BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json scripts/wasm-opt.sh $(shell find src -type f)
 
 build: tools build/index.js
 
