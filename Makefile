@@ -17,7 +17,7 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 .PHONY: all tools build lint unit e2e examples packages packages-build spec test dev clean bench bench-smoke fuzz fuzz-smoke \
-	soak soak-smoke beside-fuzz spec-then-bench-smoke
+	soak soak-smoke beside-fuzz spec-then-bench-smoke bench-profile
 
 # A half-written build/index.js must not look up to date.
 .DELETE_ON_ERROR:
@@ -113,6 +113,13 @@ bench: build bench/floor/build/index.js
 
 bench-smoke: build bench/floor/build/index.js
 	node bench/run.mjs --smoke
+
+# Where workerd's CPU goes, by kind of work, in a guarded call and in the floor's (V8's CPU
+# profile through the inspector). Profiles a copy of the release build that keeps its function
+# names (worker-build's own wasm-opt flags), in target/bench-profile/; writes bench/profile.json.
+bench-profile: build bench/floor/build/index.js
+	WASM_OPT_BIN=$(CURDIR)/node_modules/.bin/wasm-opt worker-build --release --out-dir target/bench-profile
+	node bench/profile.mjs
 
 # Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz
 # into .tools/cargo-fuzz.
