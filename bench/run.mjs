@@ -337,6 +337,8 @@ async function main() {
   await ctx.quiesce();
   const child_burst = await step("child-key burst", () => phases.childBurst(ctx));
   await ctx.quiesce();
+  const open_burst = await step("one key, every call forwarded", () => phases.oneKeyOpenBurst(ctx));
+  await ctx.quiesce();
   const many_keys = await step("many keys", () => phases.manyKeys(ctx));
   await ctx.quiesce();
   const idempotency = await step("growth: idempotency keys", () => phases.idempotencyGrowth(ctx));
@@ -351,13 +353,14 @@ async function main() {
     floor_cold_start_ms: round(floor.coldStartMs),
   };
 
-  const ratios = phases.ratios({ latency, floor_burst, burst, many_keys });
+  const ratios = phases.ratios({ latency, floor_burst, burst, open_burst, many_keys });
   const figures = {
     ratios,
     latency,
     floor_burst,
     burst,
     child_burst,
+    open_burst,
     many_keys,
     cold,
     growth: { audit_query, audit_summary, issue_key, idempotency },
