@@ -228,8 +228,11 @@ async function main() {
     const manyKeys = [];
     for (let i = 0; i < 100; i++) manyKeys.push(await issue());
     const headers = (token) => ({ authorization: `Bearer ${token}`, "content-type": "application/x-www-form-urlencoded" });
+    // A network error counts as a failed call (status 0), never ends the run.
     const post = (baseUrl, tokenOf) => (agent, i) =>
-      timedRequest(baseUrl, { agent, method: "POST", path: "/v1/payment_intents", headers: headers(tokenOf(i)), body: BODY });
+      timedRequest(baseUrl, { agent, method: "POST", path: "/v1/payment_intents", headers: headers(tokenOf(i)), body: BODY }).catch(
+        (e) => ({ status: 0, error: e.message }),
+      );
 
     const sides = [];
     const floorCall = post(floorUrl, () => "sk_test_direct");
