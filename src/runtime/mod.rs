@@ -6,8 +6,7 @@ pub mod upstream;
 
 use crate::core::settings::Settings;
 use std::cell::OnceCell;
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{js_sys, web_sys, Env, ResponseBody};
+use worker::Env;
 
 /// A Worker var or secret by name: what vendor modules read price tables and ids from.
 pub fn env_value(env: &Env, name: &str) -> Option<String> {
@@ -24,24 +23,6 @@ thread_local! {
 /// call's CPU when it was done on every use (`make bench-profile`); it is done once.
 pub fn settings(env: &Env) -> Settings {
     SETTINGS.with(|cached| *cached.get_or_init(|| Settings::from_vars(|name| env_value(env, name))))
-}
-
-/// A response's whole body. worker's `Response::bytes` and `text` read a streamed body chunk
-/// by chunk through a stream reader from wasm: a promise and a copy per chunk, and the reader's
-/// lock released after, which the profile put at about 0.25 ms of a proxied call's CPU over the
-/// vendor's answer and the two object replies. Here the runtime reads it in one
-/// `arrayBuffer()`, of a `Response` made around the same stream with no status or headers (so
-/// no status of the original answer can make its construction throw).
-pub async fn whole_body(resp: &worker::Response) -> worker::Result<Vec<u8>> {
-    match resp.body() {
-        ResponseBody::Empty => Ok(Vec::new()),
-        ResponseBody::Body(bytes) => Ok(bytes.clone()),
-        ResponseBody::Stream(stream) => {
-            let whole = web_sys::Response::new_with_opt_readable_stream(Some(stream))?;
-            let buffer = JsFuture::from(whole.array_buffer()?).await?;
-            Ok(js_sys::Uint8Array::new(&buffer).to_vec())
-        }
-    }
 }
 
 /// An integer as a JS number, for D1 bindings. Every value passed (micro-dollars, ms

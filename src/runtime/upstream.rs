@@ -68,8 +68,8 @@ pub async fn send(
     let controller = AbortController::default();
     let signal = controller.signal();
     let call = async move {
-        let resp = Fetch::Request(request).send_with_signal(&signal).await?;
-        let body = super::whole_body(&resp).await?;
+        let mut resp = Fetch::Request(request).send_with_signal(&signal).await?;
+        let body = resp.bytes().await?;
         Ok::<_, worker::Error>(VendorResponse { status: resp.status_code(), headers: resp.headers().clone(), body })
     };
     match select(Box::pin(call), Delay::from(Duration::from_millis(timeout_ms))).await {

@@ -6,7 +6,6 @@ use crate::core::lockout::{Failure, Verdict};
 use crate::core::token::{is_key_id, is_object_id, object_of, SecretHash};
 use crate::core::vendor::Vendor;
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
-use crate::runtime::whole_body;
 use crate::shell::errors::internal;
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
@@ -22,15 +21,15 @@ async fn call_object<M: Serialize, R: DeserializeOwned>(stub: &Stub, message: &M
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(body.into()));
     let req = Request::new_with_init("https://object/", &init).map_err(internal("object request"))?;
-    let resp = stub.fetch_with_request(req).await.map_err(internal("object call"))?;
-    let body = whole_body(&resp).await;
+    let mut resp = stub.fetch_with_request(req).await.map_err(internal("object call"))?;
     if resp.status_code() != 200 {
-        let text = body.ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+        let text = resp.text().await.unwrap_or_default();
         console_error!("object call failed with {}: {text}", resp.status_code());
         return Err(ProxyError::Internal);
     }
-    // serde_json on the bytes: cheaper than converting a parsed JS object field by field.
-    serde_json::from_slice(&body.map_err(internal("object reply"))?).map_err(|_| ProxyError::Internal)
+    // serde_json on the text: cheaper than converting a parsed JS object field by field.
+    let text = resp.text().await.map_err(internal("object reply"))?;
+    serde_json::from_str(&text).map_err(|_| ProxyError::Internal)
 }
 
 /// Secrets this isolate has seen the key's object accept, by key id. A key's secret never
