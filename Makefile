@@ -95,7 +95,7 @@ dev:
 	@PORT=$(PORT) ./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler fuzz/target .venv-spec .tools packages/*/dist packages/*/node_modules \
+	rm -rf build bench/floor/build target node_modules .wrangler fuzz/target .venv-spec .tools packages/*/dist packages/*/node_modules \
 		packages/client/src/openapi.gen.ts examples/inngest/node_modules
 
 # The floor the bench measures the guard against: a bare pass-through Worker (bench/floor/),
