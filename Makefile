@@ -10,13 +10,14 @@ WASM_BINDGEN_VERSION := 0.2.130
 export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 # worker-build would download wasm-bindgen from GitHub; use the one installed from crates.io.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
-# ... and wasm-opt from the npm package binaryen, for the same reason.
-export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+# ... and wasm-opt from the npm package binaryen, for the same reason, through a wrapper that
+# leaves out the function names worker-build would keep (scripts/wasm-opt.sh).
+export WASM_OPT_BIN := $(CURDIR)/scripts/wasm-opt.sh
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 .PHONY: all tools build lint unit e2e examples packages packages-build spec test dev clean bench bench-smoke fuzz fuzz-smoke \
-	soak soak-smoke beside-fuzz spec-then-bench-smoke console chromium
+	soak soak-smoke beside-fuzz spec-then-bench-smoke console chromium bench-profile
 
 # A half-written build/index.js must not look up to date.
 .DELETE_ON_ERROR:
@@ -37,7 +38,7 @@ tools:
 # (include_str!). When
 # none is newer than build/index.js, `make build` does nothing: `make dev` and the build
 # command wrangler runs on start and on every change stay instant.
-BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json $(shell find src console -type f)
+BUILD_INPUTS := Cargo.toml Cargo.lock openapi/openapi.json scripts/wasm-opt.sh $(shell find src console -type f)
 
 build: tools build/index.js
 
@@ -114,14 +115,31 @@ dev:
 	@PORT=$(PORT) ./scripts/dev.sh
 
 clean:
-	rm -rf build target node_modules .wrangler fuzz/target .venv-spec .tools packages/*/dist packages/*/node_modules \
+	rm -rf build bench/floor/build target node_modules .wrangler fuzz/target .venv-spec .tools packages/*/dist packages/*/node_modules \
 		packages/client/src/openapi.gen.ts examples/inngest/node_modules
 
-bench: build
+# The floor the bench measures the guard against: a bare pass-through Worker (bench/floor/),
+# its own crate, built with the same worker-build, wasm-bindgen and wasm-opt. It shares
+# target/ so cargo reuses the dependencies Keybrake's build compiled; `make build` never
+# builds it.
+FLOOR_INPUTS := bench/floor/Cargo.toml bench/floor/Cargo.lock $(shell find bench/floor/src -type f)
+
+bench/floor/build/index.js: $(FLOOR_INPUTS) | tools
+	cd bench/floor && CARGO_TARGET_DIR=$(CURDIR)/target worker-build --release
+	@touch $@
+
+bench: build bench/floor/build/index.js
 	node bench/run.mjs
 
-bench-smoke: build
+bench-smoke: build bench/floor/build/index.js
 	node bench/run.mjs --smoke
+
+# Where workerd's CPU goes, by kind of work, in a guarded call and in the floor's (V8's CPU
+# profile through the inspector). Profiles a copy of the release build that keeps its function
+# names (worker-build's own wasm-opt flags), in target/bench-profile/; writes bench/profile.json.
+bench-profile: build bench/floor/build/index.js
+	WASM_OPT_BIN=$(CURDIR)/node_modules/.bin/wasm-opt worker-build --release --out-dir target/bench-profile
+	node bench/profile.mjs
 
 # Fuzzes request-path canonicalization and allowlist matching; fuzz/run.sh installs cargo-fuzz
 # into .tools/cargo-fuzz.

@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { gzipSync } from "node:zlib";
-import { boundedPool, keepAliveAgent, timedRequest } from "./client.mjs";
+import { boundedPool, keepAliveAgent, sleep, timedRequest } from "./client.mjs";
 import { auditLabel, keysLabel, ROWS_PER_LABEL, seedAuditTo, seedKeysTo, seedLabelTo } from "./seed.mjs";
 import { round, rounded, summarize } from "./stats.mjs";
 
@@ -29,7 +29,8 @@ const paymentIntent = (baseUrl, agent, token, body, extraHeaders) =>
 function statusTally(results) {
   const tally = {};
   for (const r of results) tally[r.status] = (tally[r.status] ?? 0) + 1;
-  return JSON.stringify(tally);
+  const failed = results.find((r) => r.status === 0);
+  return JSON.stringify(tally) + (failed ? `, first network error: ${failed.error}` : "");
 }
 
 /** Latency summary of every call that got an answer. */
@@ -40,18 +41,22 @@ const answeredLatency = (results) => rounded(summarize(results.filter((r) => r.s
  * before any Durable Object; admin calls would count against the admin lockout), so a burst
  * measures the proxy rather than hundreds of TCP handshakes queuing in a listen backlog.
  */
-async function openConnections(ctx, agent, n) {
+async function openConnections(ctx, agent, n, expected = 401) {
   const answers = await Promise.all(
     Array.from({ length: n }, () => attempt(timedRequest(ctx.url, { agent, method: "POST", path: "/v1/payment_intents" }))),
   );
-  return answers.filter((a) => a.status === 401).length;
+  return answers.filter((a) => a.status === expected).length;
 }
 
 /** CPU ms per call of each process over an interval, and how busy workerd kept one core. */
 function cpuFigures(cpu, calls, wallMs) {
   if (!cpu) return {};
   const perCall = Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, round(v / calls)]));
-  return { cpu_ms_per_call: perCall, workerd_busy_pct: round((100 * cpu.workerd) / wallMs, 1) };
+  return {
+    cpu_ms_per_call: perCall,
+    workerd_busy_pct: round((100 * cpu.workerd) / wallMs, 1),
+    workerd_floor_busy_pct: round((100 * cpu.workerd_floor) / wallMs, 1),
+  };
 }
 
 async function forwardedAtFake(ctx) {
@@ -95,56 +100,109 @@ export async function warmUp(ctx) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Added latency: the same call through the proxy and straight to the fake, one at a time.
+// 1. Added latency: the same call through the proxy, through the floor (a bare pass-through
+//    Worker in the same workerd version) and straight to the fake, one at a time, in turn.
 
 export async function latency(ctx) {
   const { cfg, checks } = ctx;
   const { warmup, calls } = cfg.latency;
   const key = await ctx.issueKey({ daily_usd_cap: 1_000_000, agent_run_label: "bench/latency" });
   const body = "amount=150&currency=usd";
-  const agents = { proxy: keepAliveAgent(1), direct: keepAliveAgent(1) };
+  const agents = { proxy: keepAliveAgent(1), floor: keepAliveAgent(1), direct: keepAliveAgent(1) };
   const send = {
     proxy: () => paymentIntent(ctx.url, agents.proxy, key.vault_key, body),
+    floor: () => paymentIntent(ctx.floor.url, agents.floor, DIRECT_TOKEN, body),
     direct: () => paymentIntent(ctx.fake.url, agents.direct, DIRECT_TOKEN, body),
   };
+  // Rotate which side goes first, so none always runs right after another.
+  const orders = [
+    ["proxy", "floor", "direct"],
+    ["floor", "direct", "proxy"],
+    ["direct", "proxy", "floor"],
+  ];
 
   const deadline = ctx.deadline(cfg.budgets.latency);
-  const samples = { proxy: [], direct: [] };
-  const failures = { proxy: 0, direct: 0 };
+  const samples = { proxy: [], floor: [], direct: [] };
+  const failures = { proxy: 0, floor: 0, direct: 0 };
   const started = performance.now();
   ctx.cpu?.start();
   let i = 0;
   for (; i < warmup + calls && performance.now() < deadline; i++) {
-    // Alternate which side goes first, so neither always runs right after the other.
-    for (const side of i % 2 ? ["direct", "proxy"] : ["proxy", "direct"]) {
+    for (const side of orders[i % orders.length]) {
       const res = await attempt(send[side]());
       if (res.status !== 200) failures[side]++;
       else if (i >= warmup) samples[side].push(res.ms);
     }
   }
+  // The last calls' audit rows leave the key's outbox 100 ms after them: part of their cost.
+  await sleep(400);
   const cpu = ctx.cpu?.stop();
   const wallMs = performance.now() - started;
-  agents.proxy.destroy();
-  agents.direct.destroy();
+  for (const agent of Object.values(agents)) agent.destroy();
 
   const measured = Math.max(0, i - warmup);
   checks.check("latency: every proxied call answered 200", failures.proxy === 0, `${failures.proxy} failed`);
+  checks.check("latency: every call through the floor answered 200", failures.floor === 0, `${failures.floor} failed`);
   checks.check("latency: every direct call answered 200", failures.direct === 0, `${failures.direct} failed`);
   if (cfg.strictCounts) {
     checks.check(`latency: all ${calls} calls measured within the time budget`, measured === calls, `${measured} measured`);
   }
   const proxy = summarize(samples.proxy);
+  const floor = summarize(samples.floor);
   const direct = summarize(samples.direct);
-  const added = (p) => round(proxy[p] - direct[p]);
+  const over = (a, b) => ({
+    p50: round(a.p50 - b.p50),
+    p90: round(a.p90 - b.p90),
+    p99: round(a.p99 - b.p99),
+    mean: round(a.mean - b.mean),
+  });
   return {
     warmup_calls: warmup,
     calls: measured,
     concurrency: 1,
     direct: rounded(direct),
+    floor: rounded(floor),
     proxy: rounded(proxy),
-    added: { p50: added("p50"), p90: added("p90"), p99: added("p99"), mean: added("mean") },
-    // Per iteration, that is one proxied and one direct call: the fake and the client serve both.
+    // What the guard adds over the floor: the headline. Over the fake itself, for reference.
+    added_over_floor: over(proxy, floor),
+    added: over(proxy, direct),
+    floor_over_direct: over(floor, direct),
+    // Per iteration, that is one call on each side: each workerd serves exactly one of them.
     ...cpuFigures(cpu, i, wallMs),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. The floor's burst: the same 1,000 calls at once, through the bare pass-through.
+
+export async function floorBurst(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, amountCents } = cfg.burst;
+  const agent = keepAliveAgent(calls);
+  const opened = await openConnections({ url: ctx.floor.url }, agent, calls, 200);
+  await ctx.fake.reset();
+  const body = `amount=${amountCents}&currency=usd`;
+  ctx.cpu?.start();
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: calls }, () => attempt(paymentIntent(ctx.floor.url, agent, DIRECT_TOKEN, body))),
+  );
+  const wallMs = performance.now() - started;
+  const cpu = ctx.cpu?.stop();
+  agent.destroy();
+  const forwarded = await forwardedAtFake(ctx);
+  const ok = results.filter((r) => r.status === 200).length;
+  checks.check(`floor burst: all ${calls} calls answered 200`, ok === calls, statusTally(results));
+  checks.check(`floor burst: all ${calls} calls reached the vendor once`, forwarded === calls, `${forwarded} at the fake`);
+  return {
+    calls,
+    connections_opened: opened,
+    ok,
+    forwarded_at_fake: forwarded,
+    wall_ms: round(wallMs),
+    calls_per_s: round(calls / (wallMs / 1000), 1),
+    latency: answeredLatency(results),
+    ...cpuFigures(cpu, calls, wallMs),
   };
 }
 
@@ -294,6 +352,51 @@ export async function childBurst(ctx) {
     ok,
     cap_hit: capHit,
     other: calls - ok - capHit,
+    wall_ms: round(wallMs),
+    calls_per_s: round(calls / (wallMs / 1000), 1),
+    latency: answeredLatency(results),
+    ...cpuFigures(cpu, calls, wallMs),
+  };
+}
+
+/**
+ * The many-key burst's work on one key: the same 1,000 calls, all forwarded (the key's cap is
+ * far off), so that 100 keys and one key are compared on the same work per call. The capped
+ * burst above refuses 400 of its calls, which cost far less than a forwarded one.
+ */
+export async function oneKeyOpenBurst(ctx) {
+  const { cfg, checks } = ctx;
+  const { calls, amountCents } = cfg.manyKeys;
+  const label = "bench/open-burst";
+  const key = await ctx.issueKey({ daily_usd_cap: 1_000_000, agent_run_label: label });
+  const agent = keepAliveAgent(calls);
+  await openConnections(ctx, agent, calls);
+  await ctx.fake.reset();
+  const body = `amount=${amountCents}&currency=usd`;
+  ctx.cpu?.start();
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: calls }, () => attempt(paymentIntent(ctx.url, agent, key.vault_key, body))),
+  );
+  const wallMs = performance.now() - started;
+  const cpu = ctx.cpu?.stop();
+  agent.destroy();
+
+  const forwarded = await forwardedAtFake(ctx);
+  const ok = results.filter((r) => r.status === 200).length;
+  const spentUsd = (calls * amountCents) / 100;
+  checks.check(`one-key open burst: all ${calls} calls answered 200`, ok === calls, statusTally(results));
+  checks.check(`one-key open burst: all ${calls} calls reached the vendor once`, forwarded === calls, `${forwarded} at the fake`);
+  const state = await ctx.admin("GET", `/vault/keys/${key.key_id}`);
+  checks.check(
+    `one-key open burst: the key's spent_usd is $${spentUsd}, nothing held`,
+    state.json?.spent_usd === spentUsd && state.json?.reserved_usd === 0,
+    state.body,
+  );
+  return {
+    calls,
+    ok,
+    forwarded_at_fake: forwarded,
     wall_ms: round(wallMs),
     calls_per_s: round(calls / (wallMs / 1000), 1),
     latency: answeredLatency(results),
@@ -538,4 +641,87 @@ export async function idempotencyGrowth(ctx) {
 export function wasmSize(wasmPath) {
   const wasm = readFileSync(wasmPath);
   return { wasm_bytes: wasm.length, wasm_gzip_bytes: gzipSync(wasm, { level: 9 }).length };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Cold paths: a new key, and a key whose object was evicted. Runs last: it restarts workerd.
+
+/**
+ * Per key, one at a time: issuing it (which creates its object and storage), its first proxied
+ * call and a later one. Then workerd is restarted on the same storage, so every object is
+ * evicted; after a few calls on one key to warm the isolate, each other key's first call must
+ * rebuild its object from storage, and its second call finds it in memory.
+ */
+export async function coldPaths(ctx) {
+  const { cfg, checks } = ctx;
+  const { keys: keyCount } = cfg.cold;
+  const body = "amount=100&currency=usd";
+  let agent = keepAliveAgent(1);
+  const times = { issue: [], first: [], second: [], after_eviction_first: [], after_eviction_second: [] };
+  const bad = [];
+  const keys = [];
+  const call = async (key, into) => {
+    const res = await attempt(paymentIntent(ctx.url, agent, key.vault_key, body));
+    if (res.status === 200) into?.push(res.ms);
+    else bad.push(`${res.status} ${res.error ?? res.body.slice(0, 120)}`);
+  };
+  for (let i = 0; i <= keyCount; i++) {
+    const started = performance.now();
+    const key = await ctx.issueKey({ daily_usd_cap: 1_000, agent_run_label: `bench/cold/${i}` });
+    times.issue.push(performance.now() - started);
+    keys.push(key);
+    await call(key, times.first);
+    await call(key, times.second);
+  }
+  agent.destroy();
+
+  const restart = performance.now();
+  await ctx.restart();
+  const restartMs = performance.now() - restart;
+  agent = keepAliveAgent(1);
+  // The isolate is new too: warm it on key 0 (its own object rebuilt), untimed.
+  for (let i = 0; i < 20; i++) await call(keys[0]);
+  for (const key of keys.slice(1)) {
+    await call(key, times.after_eviction_first);
+    await call(key, times.after_eviction_second);
+  }
+  agent.destroy();
+  checks.check(`cold paths: every call on ${keyCount + 1} new and evicted keys answered 200`, bad.length === 0, bad[0] ?? "");
+  const s = (list) => rounded(summarize(list));
+  return {
+    keys: keyCount,
+    restart_ms: round(restartMs),
+    issue: s(times.issue),
+    new_key_first_call: s(times.first),
+    new_key_second_call: s(times.second),
+    evicted_first_call: s(times.after_eviction_first),
+    evicted_second_call: s(times.after_eviction_second),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The ratios: each figure of the guard against the floor, or against another figure of the
+//    same run. These are what to compare between runs; the absolute figures are the machine's.
+
+export function ratios({ latency, floor_burst, burst, open_burst, many_keys }) {
+  const cpu = (figures, side) => figures.cpu_ms_per_call?.[side] ?? NaN;
+  const added = latency.added_over_floor;
+  return {
+    cpu_per_call_over_floor: round(cpu(latency, "workerd") / cpu(latency, "workerd_floor"), 2),
+    // The same in the bursts: 1,000 calls at once on one key, every one forwarded, over the
+    // floor's 1,000; and the capped burst's (600 forwarded, 400 cheap refusals).
+    open_burst_cpu_per_call_over_floor: round(cpu(open_burst, "workerd") / cpu(floor_burst, "workerd_floor"), 2),
+    burst_cpu_per_call_over_floor: round(cpu(burst, "workerd") / cpu(floor_burst, "workerd_floor"), 2),
+    added_p50_ms: added.p50,
+    added_p99_ms: added.p99,
+    added_p99_over_added_p50: round(added.p99 / added.p50, 2),
+    one_key_burst_over_floor: round(burst.calls_per_s / floor_burst.calls_per_s, 2),
+    // The same work per call (every call forwarded) on 100 keys and on one.
+    many_keys_over_one_key: round(many_keys.calls_per_s / open_burst.calls_per_s, 2),
+    // Against the capped burst, whose 400 refused calls are cheap: the issue's first figure.
+    many_keys_over_capped_burst: round(many_keys.calls_per_s / burst.calls_per_s, 2),
+    one_key_open_burst_over_floor: round(open_burst.calls_per_s / floor_burst.calls_per_s, 2),
+    p99_over_p50: round(latency.proxy.p99 / latency.proxy.p50, 2),
+    floor_p99_over_p50: round(latency.floor.p99 / latency.floor.p50, 2),
+  };
 }

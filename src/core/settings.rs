@@ -56,7 +56,7 @@ pub const KNOBS: &[Knob] = &[
     knob("RESEND_BILL_PER", "address", "`address`: every to, cc and bcc address counts; `email`: each email once."),
 ];
 
-/// The knobs the Worker and the objects act on, read once per use with their defaults.
+/// The knobs the Worker and the objects act on, with their defaults; read once per isolate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub upstream_timeout_ms: u64,
