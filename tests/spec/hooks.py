@@ -33,6 +33,7 @@ ISSUER_ID = SEED.get("issuer", {}).get("issuer_id", "")
 ISSUER_TOKEN = SEED.get("issuer", {}).get("issuer_token", "")
 SPARE_ISSUER_ID = SEED.get("spare_issuer_id", "")
 PARENT = SEED.get("parent", {})
+PARENT_LABEL = PARENT.get("label", "")
 RUN_LABEL = SEED.get("run_label", "")
 # The seeded key the issuer made: its own token is sent with it (see _issuers_own).
 ISSUER_KEY_IDS = [k for k in SEED_KEY_IDS if ISSUER_ID and k.startswith(ISSUER_ID + "-")]
@@ -120,6 +121,11 @@ def flatmap_path_parameters(context, path_parameters):
         if path_parameters.get("issuer_id") == ISSUER_ID:
             return st.just(spared)
         return st.one_of(st.just(path_parameters), st.just(spared))
+    if _path(context) == "/vault/keys/{key_id}" and _method(context) == "DELETE" and SEED_KEY_IDS:
+        # Never the seeded parent, even when its id was picked up from a listing: the children
+        # route needs it alive for the rest of the run.
+        if path_parameters.get("key_id") == PARENT.get("key_id"):
+            return st.sampled_from(SEED_KEY_IDS).map(lambda key_id: {**path_parameters, "key_id": key_id})
     if SEED_KEY_IDS and "key_id" in path_parameters:
         seeded = st.sampled_from(SEED_KEY_IDS).map(lambda key_id: {**path_parameters, "key_id": key_id})
         choices = [st.just(path_parameters), seeded]
@@ -140,6 +146,9 @@ def flatmap_headers(context, headers):
 @schemathesis.hook
 def flatmap_query(context, query):
     if _path(context) == "/vault/keys" and _method(context) == "DELETE" and RUN_LABEL and isinstance(query, dict):
+        # Never the seeded parent's run (see flatmap_path_parameters).
+        if PARENT_LABEL and query.get("agent_run_label") == PARENT_LABEL:
+            return st.just({**query, "agent_run_label": RUN_LABEL})
         return st.one_of(st.just(query), st.just({"agent_run_label": RUN_LABEL}))
     if _path(context) != "/vault/audit" or not SEED_KEY_IDS or not isinstance(query, dict):
         return st.just(query)
@@ -150,3 +159,17 @@ def flatmap_query(context, query):
     if ISSUER_ID:
         choices.append(st.just({"issuer_id": ISSUER_ID, **limit}))
     return st.one_of(*choices)
+
+
+@schemathesis.hook
+def flatmap_body(context, body):
+    # A child's cap must fit under the seeded parent's $20: offer bodies that do, so that the
+    # children route is exercised past validation too, not only refused.
+    if _path(context) == CHILDREN_ROUTE and PARENT.get("key_id"):
+        valid = st.sampled_from([
+            {"daily_usd_cap": 1},
+            {"daily_usd_cap": 0.5, "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "10m"},
+            {"daily_usd_cap": 2, "agent_run_label": "spec/child"},
+        ])
+        return st.one_of(st.just(body), valid)
+    return st.just(body)

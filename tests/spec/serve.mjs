@@ -178,7 +178,7 @@ try {
       vault_keys: Object.fromEntries(Object.entries(fuzz).map(([vendor, key]) => [vendor, key.vault_key])),
       issuer: { issuer_id: issuer.issuer_id, issuer_token: issuer.issuer_token },
       spare_issuer_id: spareIssuer.issuer_id,
-      parent: { key_id: parent.key_id, vault_key: parent.vault_key },
+      parent: { key_id: parent.key_id, vault_key: parent.vault_key, label: parent.agent_run_label },
       run_label: RUN_LABEL,
     }) + "\n",
   );
