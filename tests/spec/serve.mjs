@@ -4,11 +4,12 @@
 // until SIGINT or SIGTERM.
 //
 // The line: {"url", "admin_key", "key_ids": [...], "label", "vault_keys": {vendor: key},
-// "issuer": {"issuer_id", "issuer_token"}, "spare_issuer_id", "parent": {"key_id", "vault_key"},
+// "issuer": {"issuer_id", "issuer_token"}, "spare_issuer_id", "parent": {"key_id", "vault_key", "label"},
 // "run_label"}. Nothing else goes to stdout. `key_ids` include a key an issuer made and a child
 // key, so their lineage fields are checked too; `spare_issuer_id` is an issuer for
 // `DELETE /vault/issuers/{issuer_id}` to revoke, so `issuer` stays usable; `parent` is a key whose
-// vault key mints children; `run_label` is the label of keys for `DELETE /vault/keys` to revoke. `vault_keys` are fresh keys for the proxy routes, one per vendor,
+// vault key mints children (never revoked by the run: hooks.py steers revokes away from its id
+// and its label); `run_label` is the label of keys for `DELETE /vault/keys` to revoke. `vault_keys` are fresh keys for the proxy routes, one per vendor,
 // each allowed the endpoints the document lists for its vendor. (Twilio's `.../Messages/{sid}.json`
 // cannot be allowlisted by template: a `{param}` must be a whole segment.)
 import { startKeybrake, ADMIN_KEY } from "../e2e/harness.mjs";
