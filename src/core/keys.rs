@@ -111,7 +111,6 @@ pub fn json_fields(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ProxyErro
             d.deserialize_map(Visit)
         }
     }
-    let bad = |msg: String| ProxyError::InvalidRequest(msg);
     let Fields(pairs) = serde_json::from_slice(body).map_err(|_| bad("body must be a JSON object".into()))?;
     let mut fields = BTreeMap::new();
     for (name, value) in pairs {
@@ -123,17 +122,53 @@ pub fn json_fields(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ProxyErro
     Ok(fields)
 }
 
-/// Parses and validates a key request. Every refusal names the field at fault.
-pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
-    let bad = |msg: String| ProxyError::InvalidRequest(msg);
+/// The non-null fields of a JSON object body of at most [`MAX_BODY_BYTES`], refusing unknown
+/// ones by name.
+pub fn object_fields<'a>(body: &'a [u8], known: &[&str]) -> Result<BTreeMap<String, &'a RawValue>, ProxyError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
     }
-    let fields = json_fields(body)?;
-    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad(format!("unknown field {unknown:?}; fields are {}", FIELDS.join(", "))));
+    let mut fields = json_fields(body)?;
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad(format!("unknown field {unknown:?}; fields are {}", known.join(", "))));
     }
-    let field = |name: &str| fields.get(name).copied().filter(|raw| raw.get() != "null");
+    fields.retain(|_, raw| raw.get() != "null");
+    Ok(fields)
+}
+
+fn bad(msg: String) -> ProxyError {
+    ProxyError::InvalidRequest(msg)
+}
+
+/// A dollar amount field, refused naming it.
+pub fn usd_field(raw: &RawValue, name: &str) -> Result<Micros, ProxyError> {
+    Micros::parse_usd(raw.get()).map_err(|e| bad(format!("{name} {e}")))
+}
+
+/// A lifetime field (`"2h"` or seconds), refused naming it.
+pub fn ttl_field(raw: &RawValue, name: &str) -> Result<u64, ProxyError> {
+    let value: serde_json::Value =
+        serde_json::from_str(raw.get()).map_err(|_| bad(format!("{name} is not valid JSON")))?;
+    parse_ttl(&value).map_err(|e| bad(format!("{name} {e}")))
+}
+
+/// An `allowed_endpoints` list: 1 to 64 entries, each a valid `"METHOD /path"`.
+pub fn endpoints_field(raw: &RawValue) -> Result<Vec<String>, ProxyError> {
+    let endpoints: Vec<String> = serde_json::from_str(raw.get())
+        .map_err(|_| bad("allowed_endpoints must be a list like [\"POST /v1/payment_intents\"]".into()))?;
+    if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINTS {
+        return Err(bad(format!("allowed_endpoints must hold 1 to {MAX_ENDPOINTS} entries")));
+    }
+    for entry in &endpoints {
+        parse_endpoint(entry).map_err(|e| bad(format!("allowed_endpoints: {e}")))?;
+    }
+    Ok(endpoints)
+}
+
+/// Parses and validates a key request. Every refusal names the field at fault.
+pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
+    let fields = object_fields(body, &FIELDS)?;
+    let field = |name: &str| fields.get(name).copied();
 
     let vendor_names: Vec<&str> = Vendor::ALL.iter().map(|v| v.name()).collect();
     let vendor = field("vendor")
@@ -143,30 +178,15 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
 
     let daily_cap = field("daily_usd_cap")
         .ok_or_else(|| bad("daily_usd_cap is required".into()))
-        .and_then(|raw| Micros::parse_usd(raw.get()).map_err(|e| bad(format!("daily_usd_cap {e}"))))?;
+        .and_then(|raw| usd_field(raw, "daily_usd_cap"))?;
 
-    let max_per_call = field("max_usd_per_call")
-        .map(|raw| Micros::parse_usd(raw.get()).map_err(|e| bad(format!("max_usd_per_call {e}"))))
-        .transpose()?;
+    let max_per_call = field("max_usd_per_call").map(|raw| usd_field(raw, "max_usd_per_call")).transpose()?;
 
-    let allowed_endpoints: Vec<String> = field("allowed_endpoints")
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .ok_or_else(|| bad("allowed_endpoints is required: a list like [\"POST /v1/payment_intents\"]".into()))?;
-    if allowed_endpoints.is_empty() || allowed_endpoints.len() > MAX_ENDPOINTS {
-        return Err(bad(format!("allowed_endpoints must hold 1 to {MAX_ENDPOINTS} entries")));
-    }
-    for entry in &allowed_endpoints {
-        parse_endpoint(entry).map_err(|e| bad(format!("allowed_endpoints: {e}")))?;
-    }
+    let allowed_endpoints = field("allowed_endpoints")
+        .ok_or_else(|| bad("allowed_endpoints is required: a list like [\"POST /v1/payment_intents\"]".into()))
+        .and_then(endpoints_field)?;
 
-    let ttl_secs = match field("expires_in") {
-        None => DEFAULT_TTL_SECS,
-        Some(raw) => {
-            let value: serde_json::Value =
-                serde_json::from_str(raw.get()).map_err(|_| bad("expires_in is not valid JSON".into()))?;
-            parse_ttl(&value).map_err(|e| bad(format!("expires_in {e}")))?
-        }
-    };
+    let ttl_secs = field("expires_in").map_or(Ok(DEFAULT_TTL_SECS), |raw| ttl_field(raw, "expires_in"))?;
 
     let agent_run_label = field("agent_run_label").map(parse_label).transpose()?;
 
@@ -203,7 +223,6 @@ pub fn parse_new_key(body: &[u8]) -> Result<NewKey, ProxyError> {
 
 /// An `agent_run_label` value: a string of 1 to 256 characters, none of them control.
 pub fn parse_label(raw: &RawValue) -> Result<String, ProxyError> {
-    let bad = |msg: String| ProxyError::InvalidRequest(msg);
     let label: String = serde_json::from_str(raw.get()).map_err(|_| bad("agent_run_label must be a string".into()))?;
     if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
         return Err(bad(format!(
@@ -215,21 +234,12 @@ pub fn parse_label(raw: &RawValue) -> Result<String, ProxyError> {
 
 /// Parses a `POST /vault/keys/{id}/refresh` body: `{"expires_in": "2h"}`, default 1 h.
 pub fn parse_refresh(body: &[u8]) -> Result<u64, ProxyError> {
-    let bad = |msg: String| ProxyError::InvalidRequest(msg);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DEFAULT_TTL_SECS);
     }
-    let fields = json_fields(body)?;
-    if let Some(unknown) = fields.keys().find(|k| k.as_str() != "expires_in") {
-        return Err(bad(format!("unknown field {unknown:?}; the only field is expires_in")));
-    }
-    match fields.get("expires_in").filter(|raw| raw.get() != "null") {
+    match object_fields(body, &["expires_in"])?.get("expires_in") {
         None => Ok(DEFAULT_TTL_SECS),
-        Some(raw) => {
-            let value: serde_json::Value =
-                serde_json::from_str(raw.get()).map_err(|_| bad("expires_in is not valid JSON".into()))?;
-            parse_ttl(&value).map_err(|e| bad(format!("expires_in {e}")))
-        }
+        Some(raw) => ttl_field(raw, "expires_in"),
     }
 }
 

@@ -2,15 +2,13 @@
 //! (delegation by a vault key). Both only narrow: every request is checked here against the
 //! ceiling it must fit, and each refusal names the field at fault.
 
-use crate::core::allowlist::{first_uncovered, parse_endpoint, MAX_ENDPOINTS};
-use crate::core::clock::{parse_ttl, rfc3339, MS_PER_SEC};
+use crate::core::allowlist::first_uncovered;
+use crate::core::clock::{rfc3339, MS_PER_SEC};
 use crate::core::error::ProxyError;
-use crate::core::keys::{json_fields, parse_label, KeyConfig, NewKey, MAX_BODY_BYTES};
+use crate::core::keys::{endpoints_field, object_fields, parse_label, ttl_field, usd_field, KeyConfig, NewKey};
 use crate::core::money::{usd, usd_opt, Micros};
 use crate::core::vendor::Vendor;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 
 /// How deep keys may nest: a key issued by the admin API is at depth 1, so a key can be
 /// delegated three times. Each level costs one more sum per call, and deeper trees make a
@@ -50,44 +48,9 @@ fn bad(msg: String) -> ProxyError {
     ProxyError::InvalidRequest(msg)
 }
 
-/// The non-null fields of a JSON object body, refusing unknown ones.
-fn fields<'a>(body: &'a [u8], known: &[&str]) -> Result<BTreeMap<String, &'a RawValue>, ProxyError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
-    let mut fields = json_fields(body)?;
-    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(bad(format!("unknown field {unknown:?}; fields are {}", known.join(", "))));
-    }
-    fields.retain(|_, raw| raw.get() != "null");
-    Ok(fields)
-}
-
-fn usd_field(raw: &RawValue, name: &str) -> Result<Micros, ProxyError> {
-    Micros::parse_usd(raw.get()).map_err(|e| bad(format!("{name} {e}")))
-}
-
-fn ttl_field(raw: &RawValue) -> Result<u64, ProxyError> {
-    let value: serde_json::Value =
-        serde_json::from_str(raw.get()).map_err(|_| bad("expires_in is not valid JSON".into()))?;
-    parse_ttl(&value).map_err(|e| bad(format!("expires_in {e}")))
-}
-
-fn endpoints_field(raw: &RawValue) -> Result<Vec<String>, ProxyError> {
-    let endpoints: Vec<String> = serde_json::from_str(raw.get())
-        .map_err(|_| bad("allowed_endpoints must be a list like [\"POST /v1/payment_intents\"]".into()))?;
-    if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINTS {
-        return Err(bad(format!("allowed_endpoints must hold 1 to {MAX_ENDPOINTS} entries")));
-    }
-    for entry in &endpoints {
-        parse_endpoint(entry).map_err(|e| bad(format!("allowed_endpoints: {e}")))?;
-    }
-    Ok(endpoints)
-}
-
 /// Parses and validates a `POST /vault/issuers` body.
 pub fn parse_new_issuer(body: &[u8], issuer_id: String, now_ms: u64) -> Result<IssuerConfig, ProxyError> {
-    let fields = fields(body, &ISSUER_FIELDS)?;
+    let fields = object_fields(body, &ISSUER_FIELDS)?;
     let name: String = fields
         .get("name")
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
@@ -109,10 +72,7 @@ pub fn parse_new_issuer(body: &[u8], issuer_id: String, now_ms: u64) -> Result<I
         .ok_or_else(|| bad("allowed_endpoints is required: the ceiling of the keys this issuer makes".into()))
         .and_then(|raw| endpoints_field(raw))?;
     let max_key_cap = fields.get("max_key_usd_cap").map(|raw| usd_field(raw, "max_key_usd_cap")).transpose()?;
-    let max_ttl_secs = fields
-        .get("max_expires_in")
-        .map(|raw| ttl_field(raw).map_err(|e| bad(e.message().replacen("expires_in", "max_expires_in", 1))))
-        .transpose()?;
+    let max_ttl_secs = fields.get("max_expires_in").map(|raw| ttl_field(raw, "max_expires_in")).transpose()?;
     let alert_thresholds = crate::core::alerts::parse_thresholds(fields.get("alert_thresholds").copied())
         .map_err(|e| bad(e.replace("of the cap", "of the budget")))?;
     Ok(IssuerConfig {
@@ -158,7 +118,7 @@ const CHILD_FIELDS: [&str; 5] =
 /// and may only narrow: its endpoints are covered by the parent's, its cap is at most the
 /// parent's, and it expires no later than the parent (by default, with it).
 pub fn parse_new_child(body: &[u8], parent: &KeyConfig, key_id: String, now_ms: u64) -> Result<KeyConfig, ProxyError> {
-    let fields = fields(body, &CHILD_FIELDS)?;
+    let fields = object_fields(body, &CHILD_FIELDS)?;
     let daily_cap = fields
         .get("daily_usd_cap")
         .ok_or_else(|| bad("daily_usd_cap is required".into()))
@@ -178,7 +138,7 @@ pub fn parse_new_child(body: &[u8], parent: &KeyConfig, key_id: String, now_ms: 
     }
     let expires_at_ms = match fields.get("expires_in") {
         None => parent.expires_at_ms,
-        Some(raw) => now_ms + ttl_field(raw)? * MS_PER_SEC,
+        Some(raw) => now_ms + ttl_field(raw, "expires_in")? * MS_PER_SEC,
     };
     if expires_at_ms > parent.expires_at_ms {
         return Err(bad(format!(
