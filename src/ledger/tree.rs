@@ -23,6 +23,11 @@ use crate::ledger::{Admitted, Headroom, Ledger, LedgerStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Spent plus held.
+fn total((spent, held): (Micros, Micros)) -> Micros {
+    spent.checked_add(held).unwrap_or(Micros(u64::MAX))
+}
+
 /// The issuer an object was made for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerRecord {
@@ -280,15 +285,14 @@ impl KeyTree {
         let mut used = vec![Micros::ZERO; path.len()];
         let mut all = Micros::ZERO;
         for ledger in self.keys.values() {
-            let (spent, held) = ledger.used_on(day);
-            let total = spent.checked_add(held).unwrap_or(Micros(u64::MAX));
-            if total == Micros::ZERO {
+            let used_by = total(ledger.used_on(day));
+            if used_by == Micros::ZERO {
                 continue;
             }
-            all = all.checked_add(total).unwrap_or(Micros(u64::MAX));
+            all = all.checked_add(used_by).unwrap_or(Micros(u64::MAX));
             for ancestor in self.lineage(&ledger.config().key_id) {
                 if let Some(i) = path.iter().position(|p| *p == ancestor) {
-                    used[i] = used[i].checked_add(total).unwrap_or(Micros(u64::MAX));
+                    used[i] = used[i].checked_add(used_by).unwrap_or(Micros(u64::MAX));
                 }
             }
         }
@@ -316,10 +320,7 @@ impl KeyTree {
             .iter()
             .filter(|k| k.as_str() != key_id)
             .filter_map(|k| self.keys.get(k))
-            .map(|l| {
-                let (spent, held) = l.used_on(day);
-                spent.checked_add(held).unwrap_or(Micros(u64::MAX))
-            })
+            .map(|l| total(l.used_on(day)))
             .fold(Micros::ZERO, |a, b| a.checked_add(b).unwrap_or(Micros(u64::MAX)))
     }
 
@@ -337,8 +338,12 @@ impl KeyTree {
         let Some(ledger) = self.keys.get_mut(key_id) else {
             return Ok(Err(ProxyError::InvalidKey));
         };
+        let day = utc_day(now_ms);
+        let before = total(ledger.used_on(day));
         let admitted = ledger.reserve_within(&store.key(key_id), now_ms, call, headroom)?;
-        let remaining = self.remaining(key_id, now_ms);
+        // Every limit above the key grew by what the key itself now holds more: no second walk.
+        let grown = total(ledger.used_on(day)).saturating_sub(before);
+        let remaining = ledger.remaining().min(headroom.amount.saturating_sub(grown));
         Ok(admitted.map(|a| (a, remaining)))
     }
 

@@ -291,3 +291,20 @@ fn a_keys_chain_and_subtree_spend_are_what_its_alerts_count() {
     // A new day starts from nothing.
     assert_eq!(tree.subtree_spent(OBJECT, T0 + MS_PER_DAY), Micros::ZERO);
 }
+
+#[test]
+fn the_remaining_an_admission_reports_counts_every_limit_above_the_key() {
+    let store = MemoryTree::default();
+    let mut tree = KeyTree::default();
+    tree.create_root(&store, root_config(5), secret(0)).unwrap().unwrap();
+    let kid = child(&mut tree, &store, OBJECT, 0, 1, r#"{"daily_usd_cap":5}"#).unwrap().key_id;
+    let other = child(&mut tree, &store, OBJECT, 0, 2, r#"{"daily_usd_cap":4}"#).unwrap().key_id;
+    let remaining = |tree: &mut KeyTree, key: &str, s: u8, usd: u64| {
+        tree.reserve(&store, T0, key, charge(s, usd)).unwrap().map(|(_, left)| left)
+    };
+    // Own cap $4 less $1: 3; the parent's $5 less $1: 4. The key's own binds.
+    assert_eq!(remaining(&mut tree, &other, 2, 1), Ok(Micros(3_000_000)));
+    // Then $2 on the sibling: its own $5 less 2 is 3, the parent's $5 less 3 is 2.
+    assert_eq!(remaining(&mut tree, &kid, 1, 2), Ok(Micros(2_000_000)));
+    assert_eq!(tree.remaining(&kid, T0), Micros(2_000_000), "the walk agrees with the step's own figure");
+}
