@@ -31,6 +31,18 @@ pub fn js_number(n: u64) -> wasm_bindgen::JsValue {
     wasm_bindgen::JsValue::from(n as f64)
 }
 
+/// A query's bound values, as D1 takes them.
+pub fn d1_binds(binds: Vec<crate::core::audit::SqlValue>) -> Vec<wasm_bindgen::JsValue> {
+    use crate::core::audit::SqlValue;
+    binds
+        .into_iter()
+        .map(|b| match b {
+            SqlValue::Text(t) => wasm_bindgen::JsValue::from(t),
+            SqlValue::Int(n) => js_number(n),
+        })
+        .collect()
+}
+
 pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }

@@ -5,7 +5,7 @@
 //! issuer token (`kbi_…`), which sees only the keys in its own object: the keys it issued
 //! and their descendants. Anything else of another issuer is answered 404, as if absent.
 
-use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView, OutcomeCounts, SqlValue};
+use crate::core::audit::{AuditFilter, AuditPage, AuditQuery, AuditRow, AuditView, OutcomeCounts};
 use crate::core::error::{ProxyError, MIN_ADMIN_KEY_CHARS};
 use crate::core::keys::{
     parse_new_key, parse_refresh, IssuedKeyView, KeyConfig, KeyState, KeyView, MAX_BODY_BYTES, MAX_LABEL_CHARS,
@@ -17,7 +17,7 @@ use crate::core::token::{
     self, bearer_matches, is_key_id, object_of, Authorization, IssuerToken, SecretHash, VaultToken, SECRET_BYTES,
 };
 use crate::ledger::protocol::{LedgerCall, LedgerReply};
-use crate::runtime::{js_number, now_ms, settings};
+use crate::runtime::{d1_binds, js_number, now_ms, settings};
 use crate::shell::errors::internal;
 use crate::shell::objects::{admin_failure, LedgerClient};
 use crate::shell::request::{authorization, read_body};
@@ -454,14 +454,7 @@ pub async fn audit(req: &Request, env: &Env) -> AdminResult {
         .bind(&[scope.into(), value.as_str().into()])
         .map_err(internal("bind audit totals"))?;
     let (sql, binds) = query.page_sql(cursor_ts);
-    let binds: Vec<JsValue> = binds
-        .into_iter()
-        .map(|b| match b {
-            SqlValue::Text(t) => JsValue::from(t),
-            SqlValue::Int(n) => js_number(n),
-        })
-        .collect();
-    let rows = db.prepare(sql).bind(&binds).map_err(internal("bind audit rows"))?;
+    let rows = db.prepare(sql).bind(&d1_binds(binds)).map_err(internal("bind audit rows"))?;
     let results = db.batch(vec![totals, rows]).await.map_err(internal("audit query"))?;
 
     #[derive(Default, Deserialize)]

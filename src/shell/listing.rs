@@ -6,10 +6,9 @@ use crate::core::audit::SqlValue;
 use crate::core::error::ProxyError;
 use crate::core::listing::{timestamp_sql, BudgetScope, KeyListQuery, SpendQuery};
 use crate::core::token::is_key_id;
-use crate::runtime::{js_number, now_ms};
+use crate::runtime::{d1_binds, now_ms};
 use crate::shell::admin::{authorize, Principal};
 use crate::shell::errors::internal;
-use wasm_bindgen::JsValue;
 use worker::{Env, Headers, Request, Response};
 
 /// The admin reads that are one D1 statement answering its own JSON.
@@ -79,13 +78,7 @@ pub fn pairs(req: &Request) -> Result<Vec<(String, String)>, ProxyError> {
 
 /// Runs a statement whose one row has one text column `j`, and returns it.
 pub async fn json_query(env: &Env, sql: &str, binds: Vec<SqlValue>) -> Result<String, ProxyError> {
-    let binds: Vec<JsValue> = binds
-        .into_iter()
-        .map(|b| match b {
-            SqlValue::Text(t) => JsValue::from(t),
-            SqlValue::Int(n) => js_number(n),
-        })
-        .collect();
+    let binds = d1_binds(binds);
     env.d1("DB")
         .map_err(internal("D1 binding"))?
         .prepare(sql)

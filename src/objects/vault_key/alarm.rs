@@ -9,7 +9,7 @@ use crate::core::vendor::PricePoll;
 use crate::core::vendor::Vendor;
 use crate::ledger::protocol::CallResult;
 use crate::ledger::tree::TreeStore;
-use crate::ledger::{LedgerStore, Reconciliation, IDEMPOTENCY_RETENTION_MS};
+use crate::ledger::{Ledger, LedgerStore, IDEMPOTENCY_RETENTION_MS};
 use crate::runtime::{js_number, upstream};
 use std::collections::BTreeMap;
 use wasm_bindgen::JsValue;
@@ -125,20 +125,18 @@ impl VaultKey {
         }
     }
 
+    /// The work `due` finds on every key in memory, with the key and its vendor.
+    fn due<T>(&self, due: impl Fn(&Ledger, u64) -> Vec<T>) -> Vec<(String, Vendor, T)> {
+        let now = Date::now().as_millis();
+        let tree = self.tree.borrow();
+        let ledgers = tree.as_ref().into_iter().flat_map(|t| t.ledgers());
+        ledgers.flat_map(|l| due(l, now).into_iter().map(|t| (l.config().key_id.clone(), l.vendor(), t))).collect()
+    }
+
     /// Asks the vendor for the real price of each estimate that is due, and moves the ledger
     /// to it. The vendor call happens here, in the alarm, never on a client's request path.
     async fn reconcile_due(&self) -> Result<()> {
-        let now = Date::now().as_millis();
-        let due: Vec<(String, Vendor, Reconciliation)> = match self.tree.borrow().as_ref() {
-            Some(tree) => tree
-                .ledgers()
-                .flat_map(|l| {
-                    let (key_id, vendor) = (l.config().key_id.clone(), l.vendor());
-                    l.due_reconciliations(now).into_iter().map(move |r| (key_id.clone(), vendor, r))
-                })
-                .collect(),
-            None => return Ok(()),
-        };
+        let due = self.due(Ledger::due_reconciliations);
         let first_backoff = self.settings().alarm_backoff_ms;
         for (key_id, vendor, rec) in due {
             let Some(reconciler) = &vendor.spec().reconcile else { continue };
@@ -175,17 +173,7 @@ impl VaultKey {
     /// settles the hold; an answer that tells nothing (`core::answer`) is tried again later.
     /// Nothing is sent once the key is revoked or expired, checked right before each send.
     async fn replay_due(&self) -> Result<()> {
-        let now = Date::now().as_millis();
-        let due: Vec<(String, Vendor, u64)> = match self.tree.borrow().as_ref() {
-            Some(tree) => tree
-                .ledgers()
-                .flat_map(|l| {
-                    let (key_id, vendor) = (l.config().key_id.clone(), l.vendor());
-                    l.due_replays(now).into_iter().map(move |id| (key_id.clone(), vendor, id))
-                })
-                .collect(),
-            None => return Ok(()),
-        };
+        let due = self.due(Ledger::due_replays);
         let first_backoff = self.settings().alarm_backoff_ms;
         for (key_id, vendor, id) in due {
             let may = self
