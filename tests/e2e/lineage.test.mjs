@@ -310,3 +310,29 @@ test("a leaked child key cannot mint beyond its parent, nor reach the admin API"
   assert.equal(tooDeep.status, 400);
   assert.match(tooDeep.json.error.message, /nest/);
 });
+
+test("forged issuer tokens count toward the lockout; the right issuer token and the root key still work", async () => {
+  const issuer = await createIssuer();
+  const ip = "198.51.100.23";
+  const secret = issuer.issuer_token.slice(-43);
+  // The issuer's id with a wrong secret, and a well-formed token of an issuer that does not exist.
+  const forged = (i) =>
+    i % 2 === 0
+      ? issuer.issuer_token.replace(secret, `${secret.slice(0, -2)}${String(i % 100).padStart(2, "0")}`)
+      : `kbi_${"a".repeat(64)}_${secret}`;
+  const answers = [];
+  for (let i = 0; i < 22; i++) {
+    answers.push(await kb.call("GET", `/vault/issuers/${issuer.issuer_id}`, { token: forged(i), headers: { "cf-connecting-ip": ip } }));
+  }
+  answers.slice(0, 20).forEach((res, i) => assert.equal(res.status, 401, `forged token ${i + 1}`));
+  assert.equal(answers[21].status, 429, "past the limit, further failures are slowed");
+  assert.equal(answers[21].json.error.type, "too_many_attempts");
+  // The issuer on that address is never refused, and nor is the operator's revoke.
+  const own = await kb.call("GET", `/vault/issuers/${issuer.issuer_id}`, { token: issuer.issuer_token, headers: { "cf-connecting-ip": ip } });
+  assert.equal(own.status, 200, own.text);
+  const key = await issueAs(issuer.issuer_token, {});
+  assert.equal(key.status, 201);
+  const revoked = await kb.call("DELETE", `/vault/issuers/${issuer.issuer_id}`, { headers: { "cf-connecting-ip": ip } });
+  assert.equal(revoked.status, 200, revoked.text);
+  assert.equal(revoked.json.revoked, 1);
+});
